@@ -1,0 +1,1 @@
+"""Small pieces every part of the node stack shares: errors, configuration, logging."""

@@ -1,0 +1,1 @@
+"""The `slapos` command: one thin module per command group (parse, call, print)."""

@@ -1,0 +1,144 @@
+"""Entry point of the `slapos` command: builds the parser from the command modules and turns
+errors into one clear line and an exit code (a traceback only with --debug)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from slapos.base.errors import EXIT_FAILED, EXIT_USAGE, SlapOSError
+from slapos.base.logs import setup_logging
+
+from .command import Command
+
+COMMAND_MODULES = (
+    "slapos.cli.proxy",
+    "slapos.cli.node_format",
+    "slapos.cli.node_software",
+    "slapos.cli.node_instance",
+    "slapos.cli.node_report",
+    "slapos.cli.node_boot",
+    "slapos.cli.client",
+    "slapos.cli.console",
+    "slapos.cli.configure",
+    "slapos.cli.complete",
+)
+
+log = logging.getLogger("slapos")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("slapnode")
+    except Exception:  # running from a source tree that is not installed
+        return "unknown"
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options accepted both before and after the command name."""
+    common = argparse.ArgumentParser(add_help=False)
+    sup = argparse.SUPPRESS
+    common.add_argument("--debug", action="store_true", default=sup, help="show tracebacks and debug logs")
+    common.add_argument("-v", "--verbose", action="count", default=sup, help="more output")
+    common.add_argument("-q", "--quiet", action="count", default=sup, help="less output")
+    common.add_argument(
+        "--log-file", "--logfile", "--log_file", dest="log_file", metavar="FILE", default=sup,
+        help="also write a detailed log to FILE",
+    )
+    return common
+
+
+def load_commands() -> list[Command]:
+    commands: list[Command] = []
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # that command group is not built in this tree
+                continue
+            raise
+        commands.extend(module.COMMANDS)
+    return commands
+
+
+def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="slapos",
+        parents=[common],
+        description="SlapOS-compatible node stack: run a node, a standalone master, and request software.",
+    )
+    parser.add_argument("--version", action="version", version=f"slapos (slapnode) {_version()}")
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {}
+    groups[()] = parser.add_subparsers(dest="command", metavar="COMMAND")
+    group_parsers: dict[tuple[str, ...], argparse.ArgumentParser] = {(): parser}
+    for command in sorted(commands, key=lambda c: c.path):
+        for depth in range(1, len(command.path)):
+            prefix = command.path[:depth]
+            if prefix not in groups:
+                parent = groups[prefix[:-1]]
+                sub = parent.add_parser(prefix[-1], parents=[common], help=f"{prefix[-1]} commands")
+                sub.set_defaults(_group_parser=sub)
+                group_parsers[prefix] = sub
+                groups[prefix] = sub.add_subparsers(dest="_sub_" + "_".join(prefix), metavar="COMMAND")
+        parent = groups[command.path[:-1]]
+        sub = parent.add_parser(
+            command.path[-1],
+            parents=[common],
+            help=command.help,
+            description=command.description or command.help,
+            aliases=list(command.aliases),
+        )
+        if command.arguments:
+            command.arguments(sub)
+        sub.set_defaults(_command=command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = load_commands()
+    parser = build_parser(commands)
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except SystemExit as e:  # argparse: --help prints and exits 0, errors exit 2 -> reference uses 5
+        code = e.code if isinstance(e.code, int) else EXIT_USAGE
+        return EXIT_USAGE if code == 2 else code
+    command: Command | None = getattr(args, "_command", None)
+    if command is None:
+        group = getattr(args, "_group_parser", parser)
+        group.print_help()
+        return 0
+    if extra and not command.passthrough:
+        print(f"slapos: error: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
+        return EXIT_USAGE
+    args.extra = extra
+    debug = getattr(args, "debug", False)
+    verbosity = getattr(args, "verbose", 0) - getattr(args, "quiet", 0)
+    setup_logging(verbosity, getattr(args, "log_file", None), debug)
+    args.debug = debug
+    try:
+        code = command.run(args)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    except SlapOSError as e:
+        if debug:
+            log.exception("%s", e)
+        else:
+            log.error("%s", e)
+        return e.exit_code
+    except Exception as e:  # a bug or an unexpected failure: still one line unless --debug
+        if debug:
+            log.exception("unexpected error")
+        else:
+            log.error("%s: %s (run again with --debug for the traceback)", type(e).__name__, e)
+        return EXIT_FAILED
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""slapgrid: the node agent (software, instance, report runs)."""
