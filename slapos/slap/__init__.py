@@ -1,0 +1,74 @@
+"""slapos.slap: the SLAP client library (talk to a SlapOS master or to our proxy).
+
+    from slapos.slap import slap
+    connection = slap()
+    connection.initializeConnection("http://127.0.0.1:4000/")
+    computer = connection.registerComputer("local_computer")
+
+Importing this package is cheap: the client classes are loaded on first use, and `requests` and
+`lxml` only when the first call goes to the network or a document is decoded.
+"""
+from __future__ import annotations
+
+from .exceptions import (
+    AuthenticationError,
+    BadRequestError,
+    ConnectionError,
+    NotFoundError,
+    ResourceNotReady,
+    ServerError,
+    SlapException,
+)
+
+_LAZY = {
+    "slap": "objects",
+    "Computer": "objects",
+    "ComputerPartition": "objects",
+    "SoftwareRelease": "objects",
+    "SoftwareInstance": "objects",
+    "OpenOrder": "objects",
+    "Supply": "objects",
+    "WireError": "wire",
+}
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (it costs ~7 ms)
+if TYPE_CHECKING:  # pragma: no cover
+    from .objects import (  # noqa: F401
+        Computer,
+        ComputerPartition,
+        OpenOrder,
+        SoftwareInstance,
+        SoftwareRelease,
+        Supply,
+        slap,
+    )
+    from .wire import WireError  # noqa: F401
+
+
+_SUBMODULES = ("wire", "connection", "objects", "interface", "exceptions")
+
+
+def __getattr__(name: str):
+    """Load the client classes (and submodules) on first use: importing the package stays cheap."""
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'slapos.slap' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "ConnectionError",
+    "NotFoundError",
+    "ResourceNotReady",
+    "ServerError",
+    "SlapException",
+    *_LAZY,
+]
