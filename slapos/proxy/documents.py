@@ -1,0 +1,261 @@
+"""The SLAP records the proxy sends (SLAP-PROTOCOL.md §3.2), built from database rows.
+
+`Computer` → its `SoftwareRelease`s and `ComputerPartition`s (the one document a node fetches per
+run), `ComputerPartition` alone (`registerComputerPartition`) and `SoftwareInstance` (the answer
+to a request). Encoding is `slapos.slap.wire.dumps`; encoded computer and partition documents are
+cached per database generation (`DocumentCache`), so a node polling an unchanged computer costs a
+dictionary lookup.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+
+from slapos.slap.wire import WireObject, dumps
+
+from .db import Database
+from .errors import NotFound
+from .values import load_params
+
+SERVER_URL_PLACEHOLDER = "slap_server_url"  # the reference sends this literal text
+
+
+def instance_guid(computer_id: str, partition_id: str) -> str:
+    return f"{computer_id}-{partition_id}"
+
+
+def shared_instance_guid(computer_id: str, slave_reference: str) -> str:
+    return f"{computer_id}-shared-{slave_reference}"
+
+
+def format_timestamp(value: float | None) -> str | None:
+    return None if value is None else repr(float(value))
+
+
+def software_release(url: str, computer_id: str, requested_state: str | None = None) -> WireObject:
+    attrs = {"_computer_guid": computer_id, "_software_instance_list": [], "_software_release": url}
+    if requested_state is not None:
+        attrs["_requested_state"] = requested_state
+    return WireObject("SoftwareRelease", (url, computer_id), attrs)
+
+
+def slave_entry(row: sqlite3.Row) -> dict:
+    """One element of a hosting partition's slave_instance_list."""
+    entry: dict = load_params(row["parameters"])
+    entry["slave_reference"] = row["reference"]
+    entry["slave_title"] = row["reference"]
+    entry["slap_software_type"] = row["software_type"]
+    return entry
+
+
+def partition_parameters(row: sqlite3.Row, ip_list: list[tuple], slaves: list[dict]) -> dict:
+    """`_parameter_dict` of a busy partition: its parameters plus what the server adds."""
+    params: dict = load_params(row["parameters"])
+    title = row["title"]
+    params["full_address_list"] = []
+    params["instance_title"] = title
+    params["ip_list"] = ip_list
+    params["root_instance_title"] = row["requested_by"] or title
+    params["slap_computer_id"] = row["computer_reference"]
+    params["slap_computer_partition_id"] = row["reference"]
+    params["slap_software_release_url"] = row["software_release"]
+    params["slap_software_type"] = row["software_type"]
+    params["slave_instance_list"] = slaves
+    timestamp = format_timestamp(row["timestamp"])
+    if timestamp is not None:
+        params["timestamp"] = timestamp
+    return params
+
+
+def computer_partition(row: sqlite3.Row, ip_list: list[tuple], slaves: list[dict]) -> WireObject:
+    computer_id, partition_id = row["computer_reference"], row["reference"]
+    attrs: dict = {
+        "_computer_id": computer_id,
+        "_instance_guid": instance_guid(computer_id, partition_id),
+        "_partition_id": partition_id,
+        "_request_dict": None,
+    }
+    if row["slap_state"] == "busy":
+        attrs["_connection_dict"] = load_params(row["connection"])
+        attrs["_need_modification"] = 1
+        attrs["_parameter_dict"] = partition_parameters(row, ip_list, slaves)
+        attrs["_requested_state"] = row["requested_state"]
+        attrs["_software_release_document"] = software_release(row["software_release"], computer_id)
+    else:
+        # a free partition: the node only cleans it up (§6.9)
+        attrs["_need_modification"] = 0
+        attrs["_requested_state"] = "destroyed"
+        attrs["_software_release_document"] = None
+    return WireObject("ComputerPartition", (computer_id, partition_id, None), attrs)
+
+
+def ip_lists(conn: sqlite3.Connection, computer_id: str, partition_id: str | None = None) -> dict[str, list]:
+    """partition id → [(interface, address), ...] in format order."""
+    result: dict[str, list] = defaultdict(list)
+    if partition_id is None:
+        cursor = _tuples(conn).execute(
+            "SELECT partition_reference, interface, address FROM partition_network "
+            "WHERE computer_reference = ? ORDER BY rowid",
+            (computer_id,),
+        )
+    else:
+        cursor = _tuples(conn).execute(
+            "SELECT partition_reference, interface, address FROM partition_network "
+            "WHERE computer_reference = ? AND partition_reference = ? ORDER BY rowid",
+            (computer_id, partition_id),
+        )
+    for partition, interface, address in cursor:
+        result[partition].append((interface, address))
+    return result
+
+
+def _tuples(conn: sqlite3.Connection) -> sqlite3.Cursor:
+    """A cursor yielding plain tuples: much cheaper than sqlite3.Row for thousands of rows."""
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    return cursor
+
+
+def slave_lists(conn: sqlite3.Connection, computer_id: str, partition_id: str | None = None) -> dict[str, list]:
+    """hosting partition id → its slave_instance_list (shared instances not destroyed)."""
+    result: dict[str, list] = defaultdict(list)
+    sql = (
+        "SELECT * FROM slave WHERE computer_reference = ? AND hosted_by IS NOT NULL "
+        "AND requested_state != 'destroyed'"
+    )
+    args: tuple = (computer_id,)
+    if partition_id is not None:
+        sql += " AND hosted_by = ?"
+        args = (computer_id, partition_id)
+    for row in conn.execute(sql + " ORDER BY rowid", args):
+        result[row["hosted_by"]].append(slave_entry(row))
+    return result
+
+
+def computer_known(conn: sqlite3.Connection, computer_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM computer WHERE reference = ?", (computer_id,)).fetchone() is not None
+
+
+def computer_document(conn: sqlite3.Connection, computer_id: str) -> WireObject:
+    ips = ip_lists(conn, computer_id)
+    slaves = slave_lists(conn, computer_id)
+    partitions = [
+        computer_partition(row, ips.get(row["reference"], []), slaves.get(row["reference"], []))
+        for row in conn.execute(
+            "SELECT * FROM partition WHERE computer_reference = ? ORDER BY rowid", (computer_id,)
+        )
+    ]
+    softwares = [
+        software_release(url, computer_id, state)
+        for url, state in conn.execute(
+            "SELECT url, requested_state FROM software WHERE computer_reference = ? ORDER BY rowid", (computer_id,)
+        )
+    ]
+    return WireObject(
+        "Computer",
+        (computer_id,),
+        {
+            "_computer_id": computer_id,
+            "_computer_partition_list": partitions,
+            "_software_release_list": softwares,
+        },
+    )
+
+
+def partition_document(conn: sqlite3.Connection, computer_id: str, partition_id: str) -> WireObject:
+    row = conn.execute(
+        "SELECT * FROM partition WHERE computer_reference = ? AND reference = ?", (computer_id, partition_id)
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"unknown partition {partition_id!r} on computer {computer_id!r}")
+    ips = ip_lists(conn, computer_id, partition_id)
+    slaves = slave_lists(conn, computer_id, partition_id)
+    return computer_partition(row, ips.get(partition_id, []), slaves.get(partition_id, []))
+
+
+def software_instance(conn: sqlite3.Connection, row: sqlite3.Row) -> WireObject:
+    """Answer to the request of a (non-shared) instance, from its partition row."""
+    from slapos.slap.wire import dumps_instance_xml
+
+    computer_id, partition_id = row["computer_reference"], row["reference"]
+    connection = load_params(row["connection"])
+    params = load_params(row["parameters"])
+    timestamp = format_timestamp(row["timestamp"])
+    if timestamp is not None:
+        params["timestamp"] = timestamp
+    ip_list = ip_lists(conn, computer_id, partition_id).get(partition_id, [])
+    return WireObject(
+        "SoftwareInstance",
+        (),
+        {
+            "_connection_dict": connection,
+            "_instance_guid": instance_guid(computer_id, partition_id),
+            "_parameter_dict": params,
+            "_requested_state": row["requested_state"],
+            "connection_xml": dumps_instance_xml(connection) if row["connection"] else None,
+            "ip_list": ip_list,
+            "slap_computer_id": computer_id,
+            "slap_computer_partition_id": partition_id,
+            "slap_server_url": SERVER_URL_PLACEHOLDER,
+            "slap_software_release_url": row["software_release"],
+            "slap_software_type": row["software_type"],
+        },
+    )
+
+
+def shared_instance(conn: sqlite3.Connection, slave: sqlite3.Row, host: sqlite3.Row | None) -> WireObject:
+    """Answer to the request of a shared instance: its own parameters and connection, the host's
+    place (computer, partition, addresses, software). A destroyed shared instance whose host is
+    gone has no place: computer and partition are None."""
+    if host is None:
+        computer_id = partition_id = None
+        ip_list: list = []
+        software_release_url, software_type = slave["software_release"], slave["software_type"]
+    else:
+        computer_id, partition_id = host["computer_reference"], host["reference"]
+        ip_list = ip_lists(conn, computer_id, partition_id).get(partition_id, [])
+        software_release_url, software_type = host["software_release"], host["software_type"]
+    return WireObject(
+        "SoftwareInstance",
+        (),
+        {
+            "_connection_dict": load_params(slave["connection"]),
+            "_instance_guid": shared_instance_guid(slave["computer_reference"] or "", slave["reference"]),
+            "_parameter_dict": load_params(slave["parameters"]),
+            "_requested_state": slave["requested_state"],
+            "ip_list": ip_list,
+            "slap_computer_id": computer_id,
+            "slap_computer_partition_id": partition_id,
+            "slap_server_url": SERVER_URL_PLACEHOLDER,
+            "slap_software_release_url": software_release_url,
+            "slap_software_type": software_type,
+        },
+    )
+
+
+class DocumentCache:
+    """Encoded documents keyed by what they describe, valid for one database generation.
+
+    The generation is read *before* the snapshot the document is built from: a write committed
+    meanwhile bumps it, so the entry is born stale rather than serving old data as new."""
+
+    MAX_ENTRIES = 100_000
+
+    def __init__(self, db: Database):
+        self.db = db
+        self._entries: dict[tuple, tuple[int, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, build: Callable[[], WireObject]) -> bytes:
+        generation = self.db.generation
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == generation:
+            return entry[1]
+        body = dumps(build()).encode("ascii")
+        with self._lock:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[key] = (generation, body)
+        return body

@@ -1,0 +1,134 @@
+"""Run the proxy on waitress (a production multi-threaded WSGI server), in the foreground."""
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+from collections.abc import Callable
+
+from slapos.base.errors import SlapOSError, UsageError
+
+from .app import ProxyApp, make_app
+from .config import ProxyConfig, is_loopback
+
+log = logging.getLogger("slapos.proxy")
+
+
+def url_of(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def check_listen_address(config: ProxyConfig) -> None:
+    if is_loopback(config.host):
+        return
+    if not config.allow_remote:
+        raise UsageError(
+            f"refusing to listen on {config.host}: the proxy has no authentication, anyone reaching it can "
+            "request, destroy and read every instance; pass --allow-remote (or [slapproxy] allow_remote = true) "
+            "if that is what you want"
+        )
+    log.warning(
+        "listening on %s, not on loopback: the proxy has NO authentication; anyone who can reach it can "
+        "request and destroy instances and read their connection parameters (passwords)", config.host
+    )
+
+
+def create_server(config: ProxyConfig, app: ProxyApp | None = None):
+    """A bound waitress server (not yet serving) and the app behind it."""
+    import waitress
+
+    check_listen_address(config)
+    app = app or make_app(config)
+    body_limit = config.max_request_size * 2
+    if config.shacache_directories:
+        # binary cache uploads are large; waitress spools big bodies to a temporary file, and the
+        # SLAP routes still refuse anything over max_request_size from its Content-Length
+        body_limit = max(body_limit, 8 << 30)
+    try:
+        server = waitress.create_server(
+            app,
+            host=config.host,
+            port=config.port,
+            threads=config.threads,
+            ident="slapproxy",
+            # our own limit answers with a one-line 413 first; waitress' is the backstop for
+            # bodies far beyond it, which it refuses before buffering them whole
+            max_request_body_size=body_limit,
+            channel_timeout=120,
+            connection_limit=1000,
+            asyncore_use_poll=True,
+            clear_untrusted_proxy_headers=True,
+            expose_tracebacks=False,
+        )
+    except OSError as e:
+        app.close()
+        hint = "choose another port ([slapproxy] port or --port)" if e.errno == errno.EADDRINUSE else "check host and port"
+        raise SlapOSError(f"cannot listen on {config.host}:{config.port}: {e.strerror}; {hint}") from None
+    except ValueError as e:  # waitress: unresolvable host
+        app.close()
+        raise SlapOSError(f"cannot listen on {config.host}:{config.port}: {e}") from None
+    return server, app
+
+
+def serve(config: ProxyConfig, on_ready: Callable[[str], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; return the exit code."""
+    server, app = create_server(config)
+    url = url_of(config.host, server.effective_port)
+
+    def stop(signum, frame):  # waitress' loop ends on SystemExit and shuts its threads down
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        log.info(
+            "slapproxy listening on %s (database %s, computer %s, %d threads)",
+            url, config.database, config.computer_id, config.threads,
+        )
+        if on_ready is not None:
+            on_ready(url)
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.close()
+        app.close()
+        log.info("slapproxy on %s stopped", url)
+    return 0
+
+
+class BackgroundServer:
+    """The proxy served from a thread of this process (tests, benchmarks, embedding):
+
+        with BackgroundServer(ProxyConfig(database=path, port=0)) as server:
+            slap.initializeConnection(server.url)
+    """
+
+    def __init__(self, config: ProxyConfig):
+        import threading
+
+        self.server, self.app = create_server(config)
+        self.url = url_of(config.host, self.server.effective_port)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"slapproxy {self.url}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        server = self.server
+        while not self._stop.is_set():
+            server.asyncore.loop(timeout=0.05, map=server._map, use_poll=True, count=1)
+
+    def stop(self) -> None:
+        from waitress import wasyncore
+
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join(10)
+        self.server.task_dispatcher.shutdown()
+        wasyncore.close_all(self.server._map)
+        self.app.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
