@@ -1,0 +1,723 @@
+"""The machine as slapformat sees and changes it: one small class per resource.
+
+Each resource compares what it should be with what the system has (read without subprocesses:
+netifaces, /proc/net, /sys/class/net, the passwd/group databases, stat) and returns the actions
+needed to get there — none when all is well, which is what keeps a no-change re-run fast.
+Actions are data (an `ip`/`useradd` argument list or a small file-system function) so a run can
+be planned, validated, printed (`--dry-run`), applied and, on failure, undone.
+"""
+from __future__ import annotations
+
+import errno
+import grp
+import json
+import logging
+import os
+import pwd
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slapos.base.errors import SlapOSError
+
+log = logging.getLogger("slapos.format")
+
+IFF_UP = 0x1
+RTF_LOCAL = 0x80000000
+IFA_F_TENTATIVE = 0x40
+IFA_F_DADFAILED = 0x08
+
+
+# -- actions ---------------------------------------------------------------------------------------
+@dataclass
+class Action:
+    """One change: either external commands (argument lists) or a Python file-system function."""
+
+    subject: str  # what it is about: "computer", "slappart3", ...
+    description: str  # one human line: what will be done
+    commands: list[list[str]] = field(default_factory=list)
+    func: Callable[[], None] | None = None
+    undo_commands: list[list[str]] = field(default_factory=list)
+    undo_func: Callable[[], None] | None = None
+    needs_root: bool = False
+
+    @property
+    def binaries(self) -> set[str]:
+        return {argv[0] for argv in self.commands}
+
+    def __str__(self) -> str:
+        text = f"{self.subject}: {self.description}"
+        if self.commands:
+            text += " [" + "; ".join(" ".join(argv) for argv in self.commands) + "]"
+        return text
+
+
+class CommandFailed(SlapOSError):
+    pass
+
+
+class Executor:
+    """Runs actions for real, or only records them (dry run). Commands never go through a shell."""
+
+    def __init__(self, dry_run: bool = False, timeout: float = 60.0):
+        self.dry_run = dry_run
+        self.timeout = timeout
+        self.done: list[Action] = []
+        self.recorded: list[str] = []
+
+    def run_command(self, argv: list[str], subject: str) -> None:
+        import subprocess  # only runs that change something pay for it
+
+        log.debug("%s: running %s", subject, " ".join(argv))
+        try:
+            result = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=self.timeout, check=False
+            )
+        except FileNotFoundError:
+            raise CommandFailed(f"{subject}: the program {argv[0]!r} is not installed or not on PATH") from None
+        except subprocess.TimeoutExpired:
+            raise CommandFailed(f"{subject}: `{' '.join(argv)}` did not finish within {self.timeout:.0f} s") from None
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            reason = detail[-1] if detail else f"exit code {result.returncode}"
+            raise CommandFailed(f"{subject}: `{' '.join(argv)}` failed: {reason}")
+
+    def apply(self, action: Action) -> None:
+        if self.dry_run:
+            self.recorded.append(str(action))
+            return
+        log.info("%s: %s", action.subject, action.description)
+        for argv in action.commands:
+            self.run_command(argv, action.subject)
+        if action.func is not None:
+            try:
+                action.func()
+            except OSError as e:
+                raise SlapOSError(f"{action.subject}: cannot {action.description}: {e.strerror or e}") from None
+        self.done.append(action)
+
+    def rollback(self) -> list[str]:
+        """Undo what this run did, newest first; returns the problems met (best effort)."""
+        problems = []
+        while self.done:
+            action = self.done.pop()
+            try:
+                for argv in action.undo_commands:
+                    self.run_command(argv, action.subject)
+                if action.undo_func is not None:
+                    action.undo_func()
+            except (SlapOSError, OSError) as e:
+                problems.append(f"{action.subject}: could not undo '{action.description}': {e}")
+        return problems
+
+
+# -- reading the system ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InterfaceAddress:
+    ifname: str
+    addr: str
+    prefixlen: int
+    scope: int = 0  # IPv6 scope: 0 global, 0x10 host, 0x20 link
+    flags: int = 0
+
+    @property
+    def version(self) -> int:
+        return 6 if ":" in self.addr else 4
+
+    @property
+    def tentative(self) -> bool:
+        return bool(self.flags & IFA_F_TENTATIVE)
+
+    @property
+    def dadfailed(self) -> bool:
+        return bool(self.flags & IFA_F_DADFAILED)
+
+
+# Canonical text of addresses through the C functions of the socket module: the ipaddress module
+# is ~20 times slower, which shows with hundreds of partitions on every no-change run.
+def canonical_ip(addr: str) -> str:
+    """RFC 5952 text of an address (`fd00:0::0:2` → `fd00::2`); scope suffixes dropped."""
+    if ":" in addr:
+        return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, addr.split("%", 1)[0]))
+    return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, addr))
+
+
+def canonical_network(network: str) -> str:
+    """`<address>/<prefixlen>` with the address part canonical (host bits are not cleared)."""
+    addr, _, prefixlen = network.partition("/")
+    addr = canonical_ip(addr)
+    return f"{addr}/{prefixlen or (128 if ':' in addr else 32)}"
+
+
+def _hex_ipv6(text: str) -> str:
+    return socket.inet_ntop(socket.AF_INET6, bytes.fromhex(text))
+
+
+def _hex_ipv4_le(text: str) -> str:
+    return socket.inet_ntop(socket.AF_INET, bytes.fromhex(text)[::-1])
+
+
+class NetworkState:
+    """Interfaces, addresses, links and routes of the current network namespace, read lazily."""
+
+    def __init__(self, sys_net: str = "/sys/class/net", proc_net: str = "/proc/net"):
+        self.sys_net = Path(sys_net)
+        self.proc_net = Path(proc_net)
+        self._addresses: list[InterfaceAddress] | None = None
+        self._index: dict[str, list[InterfaceAddress]] | None = None
+        self._routes6: set[tuple[str, str, str, bool]] | None = None
+        self._routes4: set[tuple[str, str]] | None = None
+
+    def refresh(self) -> None:
+        self._addresses = self._index = self._routes6 = self._routes4 = None
+
+    # interfaces and addresses
+    def interfaces(self) -> list[str]:
+        import netifaces
+
+        return list(netifaces.interfaces())
+
+    def has_interface(self, name: str) -> bool:
+        return (self.sys_net / name).exists()
+
+    @property
+    def addresses(self) -> list[InterfaceAddress]:
+        if self._addresses is None:
+            self._addresses = self._read_ipv4() + self._read_ipv6()
+        return self._addresses
+
+    def _read_ipv4(self) -> list[InterfaceAddress]:
+        import netifaces
+
+        from .model import prefixlen_of
+
+        # one walk of the kernel's address list (netifaces-plus); ifaddresses() per interface
+        # walks it again for each one, which is quadratic with hundreds of taps
+        if hasattr(netifaces, "allifaddresses"):
+            table = netifaces.allifaddresses()
+        else:
+            table = {name: netifaces.ifaddresses(name) for name in netifaces.interfaces()}
+        found = []
+        for name, families in table.items():
+            for entry in families.get(netifaces.AF_INET, []):
+                if entry.get("addr"):
+                    found.append(InterfaceAddress(name, entry["addr"], prefixlen_of(entry.get("netmask") or "32")))
+        return found
+
+    def _read_ipv6(self) -> list[InterfaceAddress]:
+        # /proc/net/if_inet6 has what netifaces lacks: scope and the tentative/dadfailed flags
+        found = []
+        try:
+            lines = (self.proc_net / "if_inet6").read_text().splitlines()
+        except FileNotFoundError:  # IPv6 disabled in this kernel
+            return found
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 6:
+                continue
+            found.append(
+                InterfaceAddress(parts[5], _hex_ipv6(parts[0]), int(parts[2], 16), int(parts[3], 16), int(parts[4], 16))
+            )
+        return found
+
+    def addresses_of(self, ifname: str, version: int | None = None) -> list[InterfaceAddress]:
+        return [a for a in self.addresses if a.ifname == ifname and (version is None or a.version == version)]
+
+    def _holders(self, addr: str) -> list[InterfaceAddress]:
+        if self._index is None:
+            index: dict[str, list[InterfaceAddress]] = {}
+            for a in self.addresses:
+                index.setdefault(canonical_ip(a.addr), []).append(a)
+            self._index = index
+        return self._index.get(canonical_ip(addr), [])
+
+    def owner_of_address(self, addr: str) -> str | None:
+        """Name of the interface holding `addr`, if any."""
+        holders = self._holders(addr)
+        return holders[0].ifname if holders else None
+
+    def address_on(self, ifname: str, addr: str) -> InterfaceAddress | None:
+        for a in self._holders(addr):
+            if a.ifname == ifname:
+                return a
+        return None
+
+    # links
+    def link_attr(self, name: str, attr: str) -> str | None:
+        try:
+            return (self.sys_net / name / attr).read_text().strip()
+        except OSError:
+            return None
+
+    def is_tap(self, name: str) -> bool:
+        return (self.sys_net / name / "tun_flags").exists()
+
+    def is_bridge(self, name: str) -> bool:
+        return (self.sys_net / name / "bridge").is_dir()
+
+    def link_owner(self, name: str) -> int | None:
+        value = self.link_attr(name, "owner")
+        return int(value) if value not in (None, "") else None
+
+    def link_up(self, name: str) -> bool:
+        value = self.link_attr(name, "flags")
+        return bool(value) and bool(int(value, 16) & IFF_UP)
+
+    def link_master(self, name: str) -> str | None:
+        try:
+            return os.path.basename(os.readlink(self.sys_net / name / "master"))
+        except OSError:
+            return None
+
+    # routes
+    @property
+    def routes6(self) -> set[tuple[str, str, str, bool]]:
+        """(network, device, gateway or '', is_local) of every table (the file lists them all)."""
+        if self._routes6 is None:
+            routes = set()
+            try:
+                lines = (self.proc_net / "ipv6_route").read_text().splitlines()
+            except FileNotFoundError:
+                lines = []
+            for line in lines:
+                p = line.split()
+                if len(p) < 10:
+                    continue
+                network = f"{_hex_ipv6(p[0])}/{int(p[1], 16)}"
+                gateway = _hex_ipv6(p[4])
+                routes.add((network, p[9], "" if gateway == "::" else gateway, bool(int(p[8], 16) & RTF_LOCAL)))
+            self._routes6 = routes
+        return self._routes6
+
+    @property
+    def routes4(self) -> set[tuple[str, str]]:
+        """(network, device) of the main IPv4 table."""
+        if self._routes4 is None:
+            routes = set()
+            try:
+                lines = (self.proc_net / "route").read_text().splitlines()[1:]
+            except FileNotFoundError:
+                lines = []
+            for line in lines:
+                p = line.split()
+                if len(p) < 8:
+                    continue
+                prefixlen = bin(int(p[7], 16)).count("1")
+                routes.add((f"{_hex_ipv4_le(p[1])}/{prefixlen}", p[0]))
+            self._routes4 = routes
+        return self._routes4
+
+    def has_route6(self, network: str, device: str, gateway: str = "", local: bool = False) -> bool:
+        net = canonical_network(network)
+        gw = canonical_ip(gateway) if gateway else ""
+        return (net, device, gw, local) in self.routes6
+
+    def has_route4(self, network: str, device: str) -> bool:
+        return (canonical_network(network), device) in self.routes4
+
+    def wait_dad(self, addresses: list[tuple[str, str]], timeout: float) -> list[str]:
+        """Wait until the given (ifname, addr) IPv6 addresses leave the tentative state.
+
+        Returns the ones that failed duplicate address detection (another host uses them)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.refresh()
+            pending, failed = [], []
+            for ifname, addr in addresses:
+                found = self.address_on(ifname, addr)
+                if found is None:
+                    continue
+                if found.dadfailed:
+                    failed.append(f"{addr} on {ifname}")
+                elif found.tentative:
+                    pending.append(f"{addr} on {ifname}")
+            if failed or not pending or time.monotonic() > deadline:
+                if pending and not failed:
+                    log.warning(
+                        "computer: IPv6 %s still tentative after %.0f s (link down?); continuing",
+                        ", ".join(pending), timeout,
+                    )
+                return failed
+            time.sleep(0.1)
+
+
+class UserDatabase:
+    """passwd/group entries read once per run (a lookup per partition would rescan the files)."""
+
+    def __init__(self) -> None:
+        self._users: dict[str, pwd.struct_passwd] | None = None
+        self._groups: dict[str, grp.struct_group] | None = None
+
+    def refresh(self) -> None:
+        self._users = self._groups = None
+
+    @property
+    def users(self) -> dict[str, pwd.struct_passwd]:
+        if self._users is None:
+            self._users = {u.pw_name: u for u in pwd.getpwall()}
+        return self._users
+
+    @property
+    def groups(self) -> dict[str, grp.struct_group]:
+        if self._groups is None:
+            self._groups = {g.gr_name: g for g in grp.getgrall()}
+        return self._groups
+
+    def user(self, name: str) -> pwd.struct_passwd | None:
+        return self.users.get(name)
+
+    def group(self, name: str) -> grp.struct_group | None:
+        return self.groups.get(name)
+
+    def group_name(self, gid: int) -> str | None:
+        for g in self.groups.values():
+            if g.gr_gid == gid:
+                return g.gr_name
+        return None
+
+    def is_member(self, user: str, group: str) -> bool:
+        entry = self.group(group)
+        if entry is None:
+            return False
+        if user in entry.gr_mem:
+            return True
+        account = self.user(user)
+        return account is not None and account.pw_gid == entry.gr_gid
+
+
+# -- resources -------------------------------------------------------------------------------------
+@dataclass
+class Directory:
+    """A directory with an exact mode and, optionally, an owner (user and group names)."""
+
+    subject: str
+    path: Path
+    mode: int
+    user: str | None = None
+    group: str | None = None
+
+    def plan(self, users: UserDatabase) -> list[Action]:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            st = None
+        actions: list[Action] = []
+        if st is None:
+            actions.append(Action(
+                self.subject, f"create directory {self.path} (mode {self.mode:04o})",
+                func=self._create, undo_func=lambda: _rmdir_quiet(self.path),
+            ))
+        elif not os.path.isdir(self.path):
+            raise SlapOSError(f"{self.subject}: {self.path} exists but is not a directory: move it away")
+        elif (st.st_mode & 0o7777) != self.mode:
+            actions.append(Action(
+                self.subject, f"set mode {self.mode:04o} on {self.path}",
+                func=lambda: os.chmod(self.path, self.mode),
+            ))
+        if self.user is not None:
+            account = users.user(self.user)
+            if self.group is not None:
+                entry = users.group(self.group)
+                gid = entry.gr_gid if entry else None
+            else:  # the user's primary group
+                gid = account.pw_gid if account else None
+            if st is None or account is None or gid is None or (st.st_uid, st.st_gid) != (account.pw_uid, gid):
+                owner = f"{self.user}:{self.group}" if self.group else self.user
+                actions.append(Action(
+                    self.subject, f"give {self.path} to {owner}", func=self._chown, needs_root=True,
+                ))
+        return actions
+
+    def _chown(self) -> None:
+        # looked up when applied: the user may have been created by an earlier action of the run
+        account = pwd.getpwnam(self.user)
+        gid = grp.getgrnam(self.group).gr_gid if self.group else account.pw_gid
+        os.chown(self.path, account.pw_uid, gid)
+
+    def _create(self) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        os.chmod(self.path, self.mode)  # exact mode, whatever the umask
+
+
+def _rmdir_quiet(path: Path) -> None:
+    """Undo of a directory creation: only an empty directory goes."""
+    try:
+        os.rmdir(path)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+            raise
+
+
+@dataclass
+class JsonFile:
+    """A small JSON file with exact data and mode (`.slapos-resource`).
+
+    Compared by content (the C JSON parser is fast), rendered only when it must be written: the
+    indented rendering goes through the pure-Python encoder, too slow to do for every partition
+    of every no-change run."""
+
+    subject: str
+    path: str
+    data: dict
+    mode: int = 0o644
+
+    def plan(self) -> list[Action]:
+        current, mode = None, None
+        try:
+            with open(self.path, "rb") as f:
+                mode = os.fstat(f.fileno()).st_mode & 0o7777
+                current = json.loads(f.read())
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except (OSError, ValueError):
+            current = {}  # unreadable or damaged: rewrite it
+        if current == self.data and mode == self.mode:
+            return []
+        verb = "write" if mode is None else "update"
+        return [Action(self.subject, f"{verb} {self.path}", func=self._write)]
+
+    def _write(self) -> None:
+        write_atomic(Path(self.path), json.dumps(self.data, indent=4, sort_keys=True), self.mode)
+
+
+def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
+    """Write through a temporary file and rename, so a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+@dataclass
+class SystemUser:
+    """A system user with its own group, a home, a shell and supplementary groups."""
+
+    subject: str
+    name: str
+    home: str
+    shell: str = "/bin/sh"
+    groups: list[str] = field(default_factory=list)
+    # False for the software user: an account that already exists (e.g. `nobody`) is used as it
+    # is, never modified
+    modify_existing: bool = True
+
+    def plan(self, users: UserDatabase) -> list[Action]:
+        actions: list[Action] = []
+        if not self.modify_existing and users.user(self.name) is not None:
+            return actions
+        if users.group(self.name) is None:
+            actions.append(Action(
+                self.subject, f"create group {self.name}",
+                commands=[["groupadd", "-r", self.name]],
+                # userdel may already have removed it (USERGROUPS_ENAB): delete only if still there
+                undo_func=lambda: _groupdel_if_present(self.name), needs_root=True,
+            ))
+        account = users.user(self.name)
+        extra = ",".join(self.groups)
+        if account is None:
+            argv = ["useradd", "-r", "-M", "-d", self.home, "-g", self.name, "-s", self.shell]
+            if extra:
+                argv += ["-G", extra]
+            actions.append(Action(
+                self.subject, f"create user {self.name} (home {self.home})",
+                commands=[argv + [self.name], ["passwd", "-l", self.name]],
+                undo_commands=[["userdel", self.name]], needs_root=True,
+            ))
+            return actions
+        group = users.group(self.name)
+        wrong_gid = group is None or account.pw_gid != group.gr_gid
+        missing = [g for g in self.groups if not users.is_member(self.name, g)]
+        if account.pw_dir != self.home or account.pw_shell != self.shell or wrong_gid or missing:
+            argv = ["usermod", "-d", self.home, "-g", self.name, "-s", self.shell]
+            if extra:
+                argv += ["-aG", extra]
+            actions.append(Action(
+                self.subject, f"update user {self.name} (home {self.home}, groups {self.name} {extra})".rstrip(),
+                commands=[argv + [self.name], ["passwd", "-l", self.name]], needs_root=True,
+            ))
+        return actions
+
+    def remove(self, users: UserDatabase) -> list[Action]:
+        actions = []
+        if users.user(self.name) is not None:
+            actions.append(Action(self.subject, f"delete user {self.name}",
+                                  commands=[["userdel", self.name]], needs_root=True))
+        # userdel removes the user's own group when nobody else uses it; drop a leftover one
+        if users.group(self.name) is not None:
+            actions.append(Action(self.subject, f"delete group {self.name}",
+                                  func=lambda: _groupdel_if_present(self.name), needs_root=True))
+        return actions
+
+
+def _groupdel_if_present(name: str) -> None:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return
+    import subprocess
+
+    subprocess.run(["groupdel", name], stdin=subprocess.DEVNULL, capture_output=True, check=False)
+
+
+@dataclass
+class TapDevice:
+    """A tap owned by the partition user, up, and attached to a bridge when there is one."""
+
+    subject: str
+    name: str
+    owner: str
+    bridge: str | None = None
+
+    def plan(self, net: NetworkState, users: UserDatabase) -> list[Action]:
+        actions: list[Action] = []
+        if not net.has_interface(self.name):
+            actions.append(Action(
+                self.subject, f"create tap {self.name} owned by {self.owner}",
+                commands=[["ip", "tuntap", "add", "dev", self.name, "mode", "tap", "user", self.owner]],
+                undo_commands=[["ip", "link", "del", self.name]], needs_root=True,
+            ))
+            exists = False
+        else:
+            exists = True
+            if not net.is_tap(self.name):
+                raise SlapOSError(f"{self.subject}: interface {self.name} exists but is not a tap: remove or rename it")
+            account = users.user(self.owner)
+            owner = net.link_owner(self.name)
+            if account is not None and owner not in (None, -1, account.pw_uid):
+                log.warning("%s: tap %s is owned by uid %s, not %s; left alone", self.subject, self.name, owner,
+                            self.owner)
+        if not exists or not net.link_up(self.name):
+            actions.append(Action(self.subject, f"bring {self.name} up",
+                                  commands=[["ip", "link", "set", "dev", self.name, "up"]], needs_root=True))
+        if self.bridge and (not exists or net.link_master(self.name) != self.bridge):
+            actions.append(Action(self.subject, f"attach {self.name} to bridge {self.bridge}",
+                                  commands=[["ip", "link", "set", "dev", self.name, "master", self.bridge]],
+                                  needs_root=True))
+        return actions
+
+    def remove(self, net: NetworkState) -> list[Action]:
+        if not net.has_interface(self.name):
+            return []
+        return [Action(self.subject, f"delete tap {self.name}",
+                       commands=[["ip", "link", "del", self.name]], needs_root=True)]
+
+
+@dataclass
+class IPAddress:
+    """An address on an interface (IPv6 ones optionally without duplicate address detection)."""
+
+    subject: str
+    ifname: str
+    addr: str
+    prefixlen: int
+    nodad: bool = False
+
+    @property
+    def version(self) -> int:
+        return 6 if ":" in self.addr else 4
+
+    def plan(self, net: NetworkState) -> list[Action]:
+        present = net.address_on(self.ifname, self.addr)
+        if present is not None and not present.dadfailed:
+            return []
+        elsewhere = net.owner_of_address(self.addr)
+        if elsewhere is not None and elsewhere != self.ifname:
+            raise SlapOSError(
+                f"{self.subject}: address {self.addr} is already used on {elsewhere}; free it or change the "
+                "definition/ipv4_local_network"
+            )
+        family = "-6" if self.version == 6 else "-4"
+        argv = ["ip", family, "addr", "add", f"{self.addr}/{self.prefixlen}", "dev", self.ifname]
+        if self.nodad and self.version == 6:
+            argv.append("nodad")
+        commands = [argv]
+        if present is not None:  # duplicate detected before: re-add to run detection again
+            commands.insert(0, ["ip", family, "addr", "del", f"{self.addr}/{self.prefixlen}", "dev", self.ifname])
+        return [Action(
+            self.subject, f"add {self.addr}/{self.prefixlen} to {self.ifname}", commands=commands,
+            undo_commands=[["ip", family, "addr", "del", f"{self.addr}/{self.prefixlen}", "dev", self.ifname]],
+            needs_root=True,
+        )]
+
+    def remove(self, net: NetworkState) -> list[Action]:
+        if net.address_on(self.ifname, self.addr) is None:
+            return []
+        family = "-6" if self.version == 6 else "-4"
+        return [Action(self.subject, f"remove {self.addr} from {self.ifname}",
+                       commands=[["ip", family, "addr", "del", f"{self.addr}/{self.prefixlen}", "dev", self.ifname]],
+                       needs_root=True)]
+
+
+@dataclass
+class Route:
+    """A route: IPv4 host route to a tap, IPv6 route (optionally via a gateway), or a local IPv6 range."""
+
+    subject: str
+    network: str
+    device: str
+    gateway: str = ""
+    local: bool = False
+
+    @property
+    def version(self) -> int:
+        return 6 if ":" in self.network else 4
+
+    def _exists(self, net: NetworkState) -> bool:
+        if self.version == 4:
+            return net.has_route4(self.network, self.device)
+        return net.has_route6(self.network, self.device, self.gateway, self.local)
+
+    def _argv(self, verb: str) -> list[str]:
+        argv = ["ip", "-6" if self.version == 6 else "-4", "route", verb]
+        if self.local:
+            argv.append("local")
+        argv += [self.network, "dev", self.device]
+        if self.gateway:
+            argv += ["via", self.gateway]
+        return argv
+
+    def plan(self, net: NetworkState) -> list[Action]:
+        if self._exists(net):
+            return []
+        kind = "local route" if self.local else "route"
+        via = f" via {self.gateway}" if self.gateway else ""
+        # `replace` is idempotent: a half-matching route (other gateway) is corrected, not an error
+        return [Action(self.subject, f"add {kind} {self.network} dev {self.device}{via}",
+                       commands=[self._argv("replace")], undo_commands=[self._argv("del")], needs_root=True)]
+
+    def remove(self, net: NetworkState) -> list[Action]:
+        if not self._exists(net):
+            return []
+        return [Action(self.subject, f"remove route {self.network} dev {self.device}",
+                       commands=[self._argv("del")], needs_root=True)]
+
+
+@dataclass
+class Sysctl:
+    """A kernel setting under /proc/sys, written directly (no sysctl subprocess)."""
+
+    subject: str
+    key: str  # dotted, e.g. net.ipv6.ip_nonlocal_bind
+    value: str
+
+    @property
+    def path(self) -> Path:
+        return Path("/proc/sys") / self.key.replace(".", "/")
+
+    def plan(self) -> list[Action]:
+        try:
+            current = self.path.read_text().strip()
+        except OSError:
+            current = None
+        if current == self.value:
+            return []
+        return [Action(self.subject, f"set {self.key} = {self.value}",
+                       func=lambda: self.path.write_text(self.value + "\n"), needs_root=True)]
