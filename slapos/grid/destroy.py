@@ -1,0 +1,332 @@
+"""Destruction of a partition the master wants destroyed (`slapos node report`, §6.9).
+
+Steps, each safe to repeat (a run that fails or is killed half-way is finished by the next):
+
+1. only a partition this computer has: a plain id naming a real directory under instance_root;
+2. stop its supervisord programs, then end the processes of its user that escaped supervisord
+   (when that user owns only this partition); tell the master it is stopped;
+3. wait while a process named in `.slapos-report-wait-service-list` is still running;
+4. retention: with a positive `.slapos-retention-lock-delay` (days, written at deployment from
+   the request's `retention_delay`), the first attempt writes `.slapos-retention-lock-date`
+   (now + delay) and the partition is kept, untouched and reported as retained, until then;
+5. the instance's own hook `sbin/destroy`, run as the partition user in the partition;
+6. its certificate files, its data directories under `instance_storage_home`, then everything
+   inside the partition directory: never following a symlink, never entering another
+   filesystem; the directory itself stays, with its owner and mode 0750;
+7. its supervisord group and configuration are removed;
+8. POST `destroyedComputerPartition`: the master frees it (a root instance with children is
+   freed by a later run, once they are gone).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from slapos.base.errors import SlapOSError
+
+from . import tenantfs
+from .partition import Partition, PartitionError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from slapos.base.settings import NodeSettings
+
+log = logging.getLogger("slapos.grid.destroy")
+
+RETENTION_DELAY_FILE = ".slapos-retention-lock-delay"
+RETENTION_DATE_FILE = ".slapos-retention-lock-date"
+WAIT_LIST_FILE = ".slapos-report-wait-service-list"
+RESOURCE_FILE = ".slapos-resource"  # written by `slapos node format`, read by recipes: kept
+PARTITION_MODE = 0o750
+DESTROY_HOOK_TIMEOUT = 600.0
+_ACTIVE_STATES = {"RUNNING", "STARTING", "BACKOFF", "STOPPING"}
+
+# outcomes
+DESTROYED = "destroyed"  # wiped and freed by the master
+KEPT_BY_MASTER = "kept by master"  # wiped; the master frees it later (children first)
+RETAINED = "retained"
+WAITING = "waiting"
+FAILED = "failed"
+
+
+class DestroyError(SlapOSError):
+    """One step of a destruction failed; the next run starts again from the top."""
+
+
+@dataclass
+class DestroyOutcome:
+    partition_id: str
+    status: str
+    message: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAILED
+
+
+class Destroyer:
+    """Destroys partitions for one report run. `supervisor` returns the node's Supervisor; it
+    is asked only when something has to be destroyed, and never started: when supervisord is
+    not running, nothing it supervises runs either."""
+
+    def __init__(self, settings: NodeSettings, supervisor: Callable[[], object],
+                 clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self._supervisor = supervisor
+        self.clock = clock
+
+    @property
+    def supervisor(self):
+        return self._supervisor()
+
+    def destroy(self, computer_partition) -> DestroyOutcome:
+        """Destroy one partition (a `slapos.slap.ComputerPartition` in state destroyed)."""
+        partition_id = computer_partition.getId()
+        try:
+            return self._destroy(computer_partition, partition_id)
+        except Exception as e:  # one partition's failure must not stop the others
+            message = str(e) if isinstance(e, SlapOSError) else f"{type(e).__name__}: {e}"
+            log.error("%s: destruction failed: %s", partition_id, message)
+            try:
+                computer_partition.error(f"destruction failed: {message}", logger=log)
+            except Exception:  # error() never raises by contract; be safe anyway
+                pass
+            return DestroyOutcome(partition_id, FAILED, message)
+
+    def _destroy(self, cp, partition_id: str) -> DestroyOutcome:
+        partition = Partition(self.settings, partition_id)
+        check_is_partition(partition)
+        path = partition.path
+        log.info("%s: destroying", partition_id)
+
+        if self.supervisor.is_running():
+            self.supervisor.stop_partition(partition_id)
+        kill_leftover_processes(partition_id, path)
+        try:
+            cp.stopped()
+        except Exception as e:  # the reference ignores it too: destruction goes on
+            log.warning("%s: could not report 'stopped' to the master: %s", partition_id, e)
+
+        busy = self.busy_services(path)
+        if busy:
+            message = f"waiting for {', '.join(busy)} to finish before destroying"
+            log.info("%s: %s", partition_id, message)
+            return DestroyOutcome(partition_id, WAITING, message)
+
+        until = self.retained_until(path)
+        if until is not None:
+            message = f"kept until {_date(until)} (retention delay asked by the instance)"
+            log.info("%s: %s", partition_id, message)
+            return DestroyOutcome(partition_id, RETAINED, message)
+
+        run_destroy_hook(self.settings, partition_id, path)
+        partition.remove_certificate()
+        self.wipe_storage(partition_id)
+        wipe_partition(partition_id, path)
+        self.supervisor.remove_partition(partition_id)
+        return self.report_destroyed(cp, partition_id)
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def busy_services(self, path: Path) -> list[str]:
+        """Processes listed in `.slapos-report-wait-service-list` (`group:name` per line)
+        that are still active."""
+        data = tenantfs.read_small(path / WAIT_LIST_FILE)
+        if not data or not self.supervisor.is_running():
+            return []
+        busy = []
+        for line in data.decode("utf-8", "replace").splitlines():
+            name = line.strip()
+            if not name or ":" not in name:
+                continue
+            group, _, process = name.partition(":")
+            try:
+                infos = self.supervisor.partition_processes(group)
+            except Exception:
+                continue  # an unknown group has nothing running
+            for info in infos:
+                if info.get("name") == process and info.get("statename") in _ACTIVE_STATES:
+                    busy.append(name)
+        return busy
+
+    def retained_until(self, path: Path) -> float | None:
+        """The date until which the partition is kept, or None when it can go now."""
+        delay = tenantfs.read_float(path / RETENTION_DELAY_FILE)
+        if delay is None or not delay > 0:
+            return None
+        now = self.clock()
+        date = tenantfs.read_float(path / RETENTION_DATE_FILE)
+        if date is None or not math.isfinite(date):
+            date = now + delay * 86400 if math.isfinite(delay) else math.inf
+            st = os.lstat(path)
+            text = repr(date) if math.isfinite(date) else "inf"
+            tenantfs.write_small(path / RETENTION_DATE_FILE, f"{text}\n".encode(), 0o644, (st.st_uid, st.st_gid))
+        return date if now < date else None
+
+    def wipe_storage(self, partition_id: str) -> None:
+        """`<instance_storage_home>/<dataN>/<id>`: the partition's data disks (emptied)."""
+        home = self.settings.instance_storage_home
+        if not home:
+            return
+        try:
+            disks = sorted(os.scandir(home), key=lambda e: e.name)
+        except OSError:
+            return
+        for disk in disks:
+            if not disk.is_dir(follow_symlinks=False):
+                continue
+            target = Path(disk.path) / partition_id
+            if not target.is_dir() or target.is_symlink():
+                continue
+            result = tenantfs.wipe_content(target)
+            if not result.ok:
+                raise DestroyError(f"{partition_id}: could not empty {target}: " + "; ".join(result.errors[:5]))
+
+    def report_destroyed(self, cp, partition_id: str) -> DestroyOutcome:
+        from slapos.slap.exceptions import NotFoundError, ServerError
+
+        try:
+            answer = (cp.destroyed() or "").strip()
+        except (NotFoundError, ServerError) as e:
+            # the reference ignores these: the partition is clean, the master will catch up
+            log.warning("%s: destroyed locally; the master answered: %s", partition_id, e)
+            return DestroyOutcome(partition_id, DESTROYED, "destroyed locally")
+        if answer and answer != "OK":
+            log.info("%s: destroyed locally; the master keeps it for now: %s", partition_id, answer)
+            return DestroyOutcome(partition_id, KEPT_BY_MASTER, answer)
+        log.info("%s: destroyed, the master freed it", partition_id)
+        return DestroyOutcome(partition_id, DESTROYED)
+
+
+def _date(epoch: float) -> str:
+    try:
+        return datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return "further notice (the retention date is beyond the calendar)"
+
+
+# The node's own directories under instance_root (supervisord, logs, usage ledger): a master
+# naming one of them as a partition must not make us measure or empty it.
+NODE_DIRECTORIES = frozenset({"etc", "var", "bin", "sbin", "tmp", "run", "log", "lib"})
+
+
+def check_is_partition(partition: Partition) -> None:
+    """A partition of this computer: a real directory under instance_root (Partition checks the
+    id and that), not one of the node's own directories, and, when we are root, owned by its
+    partition user (never by root: format gives every partition to its user)."""
+    partition.check_exists()
+    if partition.id in NODE_DIRECTORIES:
+        raise PartitionError(f"refusing partition id {partition.id!r}: {partition.path} is the node's own directory")
+    if os.geteuid() == 0 and os.lstat(partition.path).st_uid == 0:
+        raise PartitionError(
+            f"{partition.id}: {partition.path} is owned by root, so it is not a formatted partition: refusing "
+            "to touch it (slapos node format gives each partition to its user)"
+        )
+
+
+# -- helpers also used by tests -------------------------------------------------------------
+
+def wipe_partition(partition_id: str, path: Path) -> None:
+    """Empty the partition directory, keep it (owner unchanged, mode 0750)."""
+    result = tenantfs.wipe_content(path, keep=_kept_files(path))
+    if not result.ok:
+        shown = "; ".join(result.errors[:5])
+        more = f" (and {len(result.errors) - 5} more)" if len(result.errors) > 5 else ""
+        raise DestroyError(f"{partition_id}: could not empty {path}: {shown}{more}; the next run tries again")
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, PARTITION_MODE)
+    finally:
+        os.close(fd)
+    log.info("%s: emptied %s (%d entries removed)", partition_id, path, result.removed)
+
+
+def _kept_files(path: Path) -> set[str]:
+    """`.slapos-resource` is kept only when the node wrote it (a regular file of ours): a
+    tenant's version of it must not survive to the next tenant."""
+    try:
+        st = os.lstat(path / RESOURCE_FILE)
+    except OSError:
+        return set()
+    return {RESOURCE_FILE} if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() else set()
+
+
+def run_destroy_hook(settings: NodeSettings, partition_id: str, path: Path) -> None:
+    """`sbin/destroy` of the instance, as the partition user, in the partition (reference §6.9)."""
+    hook = path / "sbin" / "destroy"
+    try:
+        st = os.lstat(hook)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISDIR(st.st_mode):
+        return
+    from .process import clean_environment, identity_for, run
+
+    identity = identity_for(path, f"the destroy hook of {partition_id}")
+    home = identity.home if identity else os.environ.get("HOME", str(path))
+    log.info("%s: running sbin/destroy", partition_id)
+    timeout = settings.partition_timeout or DESTROY_HOOK_TIMEOUT
+    result = run(
+        [str(hook)], cwd=path, env=clean_environment(home, settings.extra_path), identity=identity,
+        timeout=timeout,
+        on_line=lambda line: log.debug("%s: sbin/destroy: %s", partition_id, line),
+    )
+    if not result.ok:
+        raise DestroyError(
+            f"{partition_id}: sbin/destroy exited with code {result.returncode}: {result.tail(10)}"
+        )
+
+
+def kill_leftover_processes(partition_id: str, path: Path, grace: float = 5.0) -> int:
+    """End the processes of the partition's user that are not under supervisord any more
+    (daemons that double-forked out of their process group). Only when that user is exclusive
+    to this partition: never root, never ourselves, never a user shared with other partitions."""
+    from .usage import dedicated_uid
+
+    uid = dedicated_uid(path)
+    if uid is None or _uid_owns_other_partitions(uid, path):
+        return 0
+    import psutil
+
+    victims = [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid]
+    if not victims:
+        return 0
+    log.info("%s: ending %d leftover process(es) of uid %d", partition_id, len(victims), uid)
+    for p in victims:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(victims, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+    return len(victims)
+
+
+def _uid_owns_other_partitions(uid: int, path: Path) -> bool:
+    try:
+        siblings = list(os.scandir(path.parent))
+    except OSError:
+        return True
+    for entry in siblings:
+        if entry.name == path.name:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
+            return True
+    return False

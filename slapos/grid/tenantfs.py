@@ -1,0 +1,329 @@
+"""Filesystem operations inside directories a tenant controls (partition directories).
+
+The node runs as root; everything below a partition directory belongs to the partition user,
+who may have planted symlinks (to `/`, to another partition), FIFOs, huge files, mount-point
+look-alikes or directories without permissions. These helpers are the only way report,
+destroy, usage and the watchdog touch such trees:
+
+* nothing follows a symlink: directories are opened with O_NOFOLLOW relative to their parent's
+  file descriptor, so a symlink swapped in during the walk cannot redirect us;
+* nothing crosses into another filesystem (a bind mount inside a partition is left alone and
+  reported, never emptied);
+* small files are read without blocking (a FIFO named `.timestamp` must not hang the watchdog)
+  and written by atomic rename (a symlink named like our file is replaced, not followed).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def read_small(path: str | Path, limit: int = 64 * 1024, dir_fd: int | None = None) -> bytes | None:
+    """The content of a regular file (at most `limit` bytes), or None when it is missing,
+    is a symlink, a FIFO, a device or a directory. With `dir_fd`, `path` is a name in it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks = []
+        size = 0
+        while size < limit:
+            data = os.read(fd, limit - size)
+            if not data:
+                break
+            chunks.append(data)
+            size += len(data)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_float(path: str | Path) -> float | None:
+    """A number stored as text (timestamps may be floats: `1795625303.3630798`); None if absent
+    or not a number."""
+    data = read_small(path, 256)
+    if data is None:
+        return None
+    try:
+        return float(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def write_small(path: str | Path, data: bytes, mode: int = 0o644, owner: tuple[int, int] | None = None) -> None:
+    """Replace `path` atomically with `data`: a temporary file created exclusively next to it,
+    then renamed over it (rename replaces a symlink instead of writing through it)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, mode)
+        if owner is not None and os.geteuid() == 0:
+            os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        os.unlink(tmp)
+        raise
+
+
+def remove_file(path: str | Path) -> bool:
+    """Unlink a file or symlink (never what it points to); True if something was removed."""
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _open_dir(name: str | Path, dir_fd: int | None = None) -> int:
+    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def open_below(base: str | Path, *parts: str) -> int | None:
+    """A descriptor of the directory `base/parts...`, reached without following any symlink
+    (`base` itself included); None when one of them is missing or is not a real directory.
+    The caller closes it."""
+    try:
+        fd = _open_dir(base)
+    except OSError:
+        return None
+    for part in parts:
+        try:
+            child = _open_dir(part, fd)
+        except OSError:
+            os.close(fd)
+            return None
+        os.close(fd)
+        fd = child
+    return fd
+
+
+@dataclass
+class WipeResult:
+    removed: int = 0  # entries removed
+    errors: list[str] = field(default_factory=list)  # one line per entry left behind, and why
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+# Deeper directories are moved up to the top of the tree being wiped and emptied in a later
+# pass: recursion and open descriptors stay bounded whatever a tenant nests (a tree deeper than
+# PATH_MAX or than Python's recursion limit must not make destruction fail forever).
+MAX_DEPTH = 32
+_MAX_PASSES = 10_000
+
+
+@dataclass
+class _Wipe:
+    top_fd: int
+    device: int
+    result: WipeResult
+    moved: int = 0
+    counter: int = 0
+
+
+def wipe_content(directory: str | Path, keep: Collection[str] = ()) -> WipeResult:
+    """Delete everything inside `directory` (not the directory itself), except the top-level
+    names in `keep`. Never follows symlinks, never descends into another filesystem.
+
+    `directory` itself must be a real directory (not a symlink). Errors do not stop the wipe:
+    each entry that could not be removed is reported, so a later run can finish the job.
+    """
+    result = WipeResult()
+    try:
+        fd = _open_dir(directory)
+    except OSError as e:
+        result.errors.append(f"cannot open {directory}: {_reason(e)}")
+        return result
+    try:
+        state = _Wipe(fd, os.fstat(fd).st_dev, result)
+        for _ in range(_MAX_PASSES):
+            state.moved = 0
+            _wipe_fd(state, fd, str(directory), set(keep), 0)
+            if not state.moved:
+                break
+    finally:
+        os.close(fd)
+    return result
+
+
+def _reason(error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "it is a symlink"
+    return error.strerror or str(error)
+
+
+def _same_dir(dir_fd: int, name: str, st: os.stat_result) -> bool:
+    try:
+        again = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return stat.S_ISDIR(again.st_mode) and (again.st_dev, again.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _open_child(dir_fd: int, name: str, st: os.stat_result) -> int:
+    """Open the sub-directory `name` we just lstat'ed, making sure it is still that directory.
+    When we are not root, a tenant directory without permissions is given back u+rwx first."""
+    try:
+        child = _open_dir(name, dir_fd)
+    except PermissionError:
+        if os.geteuid() == 0 or not _same_dir(dir_fd, name, st):
+            raise
+        os.chmod(name, stat.S_IMODE(st.st_mode) | 0o700, dir_fd=dir_fd)
+        child = _open_dir(name, dir_fd)
+    opened = os.fstat(child)
+    if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+        os.close(child)
+        raise OSError(errno.ESTALE, "it changed while being removed; left for the next run")
+    if os.geteuid() != 0 and (opened.st_mode & 0o700) != 0o700:
+        os.fchmod(child, stat.S_IMODE(opened.st_mode) | 0o700)
+    return child
+
+
+def _move_up(state: _Wipe, dir_fd: int, name: str) -> bool:
+    """Move a too-deep directory to the top of the wiped tree (same filesystem: a rename)."""
+    while True:
+        state.counter += 1
+        target = f".slapos-wipe-{state.counter}"
+        try:
+            os.stat(target, dir_fd=state.top_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            break
+    try:
+        os.rename(name, target, src_dir_fd=dir_fd, dst_dir_fd=state.top_fd)
+    except OSError:
+        return False
+    state.moved += 1
+    return True
+
+
+def _wipe_fd(state: _Wipe, dir_fd: int, where: str, keep: set[str], depth: int) -> None:
+    errors = state.result.errors
+    try:
+        with os.scandir(dir_fd) as entries:
+            names = [entry.name for entry in entries]
+    except OSError as e:
+        errors.append(f"cannot list {where}: {_reason(e)}")
+        return
+    for name in names:
+        if name in keep:
+            continue
+        path = f"{where}/{name}"
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            errors.append(f"cannot inspect {path}: {_reason(e)}")
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            _remove(state, os.unlink, dir_fd, name, path)
+            continue
+        if st.st_dev != state.device:
+            # a mount point: emptying it would delete data that is not the partition's
+            errors.append(f"{path} is another filesystem mounted in the partition: unmount it first")
+            continue
+        if depth >= MAX_DEPTH and _move_up(state, dir_fd, name):
+            continue
+        try:
+            child = _open_child(dir_fd, name, st)
+        except OSError as e:
+            errors.append(f"cannot open {path}: {_reason(e)}")
+            continue
+        try:
+            _wipe_fd(state, child, path, set(), depth + 1)
+        finally:
+            os.close(child)
+        # not empty: either its leftovers were reported already, or a too-deep part of it was
+        # moved up and the next pass removes it
+        _remove(state, os.rmdir, dir_fd, name, path, tolerate=errno.ENOTEMPTY)
+
+
+def _remove(state: _Wipe, remove, dir_fd: int, name: str, path: str, tolerate: int | None = None) -> None:
+    try:
+        remove(name, dir_fd=dir_fd)
+        state.result.removed += 1
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        if e.errno != tolerate:
+            state.result.errors.append(f"cannot remove {path}: {_reason(e)}")
+
+
+def space_used(directory: str | Path, skip: Collection[tuple[int, int]] = ()) -> int:
+    """Bytes of disk used below `directory` (allocated blocks, hard links counted once).
+
+    Does not follow symlinks, does not enter another filesystem nor the directories whose
+    (st_dev, st_ino) is in `skip` (other partitions, when one is reachable from this one).
+    Each directory is opened by path but only listed if it is still the directory seen when
+    listing its parent (a symlink swapped in meanwhile is not followed). Unreadable directories
+    and paths longer than PATH_MAX are skipped.
+    """
+    try:
+        root = os.stat(directory, follow_symlinks=False)
+    except OSError:
+        return 0
+    if not stat.S_ISDIR(root.st_mode):
+        return 0
+    skip = set(skip)
+    seen_links: set[tuple[int, int]] = set()
+    total = root.st_blocks * 512
+    stack: list[tuple[str, os.stat_result]] = [(str(directory), root)]
+    while stack:
+        path, expected = stack.pop()
+        for entry_path, st in _list_dir(path, expected):
+            if stat.S_ISDIR(st.st_mode):
+                if st.st_dev != root.st_dev or (st.st_dev, st.st_ino) in skip:
+                    continue
+                stack.append((entry_path, st))
+            elif st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                if key in seen_links:
+                    continue
+                seen_links.add(key)
+            total += st.st_blocks * 512
+    return total
+
+
+def _list_dir(path: str, expected: os.stat_result) -> list[tuple[str, os.stat_result]]:
+    try:
+        fd = _open_dir(path)
+    except OSError:
+        return []
+    try:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (expected.st_dev, expected.st_ino):
+            return []
+        listing = []
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                try:
+                    listing.append((f"{path}/{entry.name}", entry.stat(follow_symlinks=False)))
+                except OSError:
+                    continue
+        return listing
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
