@@ -487,7 +487,13 @@ def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     data = content.encode("utf-8") if isinstance(content, str) else content
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # The directory may belong to a tenant (a partition) while we are root: never follow a
+    # symlink planted at the temporary name, and never reuse a file someone else created.
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.write(fd, data)
         os.fchmod(fd, mode)
