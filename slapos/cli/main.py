@@ -37,6 +37,25 @@ def _version() -> str:
         return "unknown"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (not the whole usage) and exits 5 like the reference."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+class _VersionAction(argparse.Action):
+    """--version, computed only when asked: importlib.metadata costs ~10 ms on every start."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"slapos (slapnode) {_version()}")
+        parser.exit()
+
+
 def _common_options() -> argparse.ArgumentParser:
     """Options accepted both before and after the command name."""
     common = argparse.ArgumentParser(add_help=False)
@@ -66,12 +85,12 @@ def load_commands() -> list[Command]:
 
 def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
     common = _common_options()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="slapos",
         parents=[common],
         description="SlapOS-compatible node stack: run a node, a standalone master, and request software.",
     )
-    parser.add_argument("--version", action="version", version=f"slapos (slapnode) {_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {}
     groups[()] = parser.add_subparsers(dest="command", metavar="COMMAND")
     group_parsers: dict[tuple[str, ...], argparse.ArgumentParser] = {(): parser}
