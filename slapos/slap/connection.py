@@ -216,7 +216,7 @@ class Connection:
         # name the identifying fields, never the (possibly large or secret) parameter documents
         ids = ", ".join(
             f"{k}={v}" for k, v in fields.items()
-            if not k.endswith("_xml") and k not in ("xml", "error_log", "use_string", "message")
+            if not k.endswith("_xml") and k not in ("xml", "state", "error_log", "use_string", "message")
         )
         where = f"{method} {url}" + (f" ({ids})" if ids else "")
         said = f": {reason}" if reason else ""
