@@ -1,0 +1,574 @@
+"""Binary cache of built software releases: fetch a signed archive instead of building, publish
+one after a build (SLAP-PROTOCOL.md §6.2 step 2 and 4, §8.3).
+
+Two HTTP stores, as in SlapOS' networkcache:
+
+* the content store (shacache), content-addressed by SHA-512:
+  `POST <cache-url>` with the bytes → answers their SHA-512 hex; `GET <cache-url>/<sha512>`;
+* the directory (shadir), keyed by the md5 of the software release URL:
+  `GET <dir-url>/<key>` → JSON list of `[metadata_json, signature_base64]`;
+  `PUT <dir-url>/<key>` with one `[metadata_json, signature_base64]`.
+
+The metadata says which archive (`sha512`, `size`) holds which build (`software_url`,
+`software_root`, `os`, `multiarch`, `python`). An entry is used only when its signature verifies
+against one of the trusted certificates or public keys (`signature-certificate-list`) and it was
+built for the same software root, OS, architecture and Python. Then the archive is downloaded
+while hashing, refused on any size or checksum mismatch, and unpacked member by member with
+checks (no absolute names, no `..`, links must stay inside the tree, no devices, no set-uid bits)
+into a staging directory that is renamed into place only when complete.
+
+Signatures: RSA (PSS, SHA-256), Ed25519 or ECDSA (SHA-256), from a PEM private key. Unlike the
+reference, downloads without any trusted certificate are not attempted: an unsigned directory
+would let whoever can write to it choose the binaries this node runs.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import gzip
+import hashlib
+import json
+import logging
+import os
+import platform
+import posixpath
+import re
+import secrets
+import shutil
+import stat
+import sys
+import sysconfig
+import tarfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slapos.base.errors import ConfigError, SlapOSError
+
+from .process import Identity
+
+logger = logging.getLogger("slapos.software")
+
+# Files of a software directory that are local state, never published.
+LOCAL_ONLY = {".completed", ".slapgrid", ".netrc", ".shared"}
+MAX_DIRECTORY_ANSWER = 8 << 20  # a shadir answer is a small JSON list
+CHUNK = 1 << 20
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.S)
+_SHA512 = re.compile(r"^[0-9a-f]{128}$")
+
+
+class CacheError(SlapOSError):
+    """The binary cache could not be used (network, server, configuration): build instead."""
+
+
+class CacheRefused(CacheError):
+    """What the cache gave us is not trustworthy (signature, checksum, size, unsafe archive)."""
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+def _lines(value: str | None) -> list[str]:
+    return [item for item in (value or "").split() if item]
+
+
+def _opt(options: Mapping[str, str], *names: str) -> str | None:
+    for name in names:
+        value = (options.get(name) or "").strip()
+        if value:
+            return value
+    return None
+
+
+@dataclass
+class CacheConfig:
+    """The `[networkcache]` keys the node uses for binary software releases."""
+
+    download_cache_url: str | None = None
+    download_dir_url: str | None = None
+    upload_cache_url: str | None = None
+    upload_dir_url: str | None = None
+    signature_private_key_file: Path | None = None
+    trusted_keys: list[Any] = field(default_factory=list)
+    download_blacklist: list[str] = field(default_factory=list)
+    upload_blacklist: list[str] = field(default_factory=list)
+    force_url_list: list[str] = field(default_factory=list)
+    shacache_tls: tuple[str | None, str | None, str | None] = (None, None, None)  # ca, cert, key
+    shadir_tls: tuple[str | None, str | None, str | None] = (None, None, None)
+    timeout: float = 60.0
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, str]) -> CacheConfig | None:
+        """None when no binary cache is configured at all (the common, cheap case)."""
+        o = {k.replace("_", "-"): v for k, v in options.items()}
+        config = cls(
+            download_cache_url=_opt(o, "download-binary-cache-url"),
+            download_dir_url=_opt(o, "download-binary-dir-url"),
+            upload_cache_url=_opt(o, "upload-binary-cache-url"),
+            upload_dir_url=_opt(o, "upload-binary-dir-url"),
+            signature_private_key_file=Path(v) if (v := _opt(o, "signature-private-key-file")) else None,
+            download_blacklist=_lines(o.get("download-from-binary-cache-url-blacklist"))
+            + _lines(o.get("binary-cache-url-blacklist")),
+            upload_blacklist=_lines(o.get("upload-to-binary-cache-url-blacklist")),
+            force_url_list=_lines(o.get("download-from-binary-cache-force-url-list")),
+            shacache_tls=(_opt(o, "shacache-ca-file"), _opt(o, "shacache-cert-file"), _opt(o, "shacache-key-file")),
+            shadir_tls=(_opt(o, "shadir-ca-file"), _opt(o, "shadir-cert-file"), _opt(o, "shadir-key-file")),
+        )
+        if not (config.download_dir_url or config.upload_dir_url):
+            return None
+        certificates = _opt(o, "signature-certificate-list")
+        if certificates:
+            config.trusted_keys = load_trusted_keys(certificates)
+        for name in ("signature_private_key_file",):
+            path = getattr(config, name)
+            if path is not None and not path.is_file():
+                raise ConfigError(f"[networkcache] {name.replace('_', '-')} {path} does not exist")
+        for tls in (config.shacache_tls, config.shadir_tls):
+            for path in tls:
+                if path and not os.path.isfile(path):
+                    raise ConfigError(f"[networkcache] TLS file {path} does not exist")
+        return config
+
+    def can_download(self, url: str) -> bool:
+        return bool(
+            self.download_cache_url and self.download_dir_url and self.trusted_keys
+            and not any(url.startswith(prefix) for prefix in self.download_blacklist)
+        )
+
+    def can_upload(self, url: str) -> bool:
+        return bool(
+            self.upload_cache_url and self.upload_dir_url and self.signature_private_key_file
+            and not any(url.startswith(prefix) for prefix in self.upload_blacklist)
+        )
+
+    def forced(self, url: str) -> bool:
+        return any(url.startswith(prefix) for prefix in self.force_url_list)
+
+
+# -- signatures -------------------------------------------------------------------------------
+
+def load_trusted_keys(value: str) -> list[Any]:
+    """Public keys from PEM certificates and/or public keys: inline text (as in slapos.cfg) or a
+    path to a file holding them."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    data = value.encode()
+    if b"-----BEGIN" not in data:
+        try:
+            data = Path(value.strip()).read_bytes()
+        except OSError as e:
+            raise ConfigError(
+                f"[networkcache] signature-certificate-list is neither PEM text nor a readable file: {e}"
+            ) from None
+    keys = []
+    for match in _PEM_BLOCK.finditer(data):
+        kind, block = match.group(1), match.group(0)
+        # configparser strips the indentation of continuation lines; rebuild a clean block
+        block = b"\n".join(line.strip() for line in block.splitlines()) + b"\n"
+        try:
+            if kind == b"CERTIFICATE":
+                keys.append(x509.load_pem_x509_certificate(block).public_key())
+            elif kind == b"PUBLIC KEY":
+                keys.append(serialization.load_pem_public_key(block))
+        except ValueError as e:
+            raise ConfigError(f"[networkcache] signature-certificate-list holds an unreadable {kind.decode()}: {e}") from None
+    if not keys:
+        raise ConfigError("[networkcache] signature-certificate-list holds no PEM certificate or public key")
+    return keys
+
+
+def load_private_key(path: str | Path):
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        return serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as e:
+        raise ConfigError(f"[networkcache] cannot load signature-private-key-file {path}: {e}") from None
+
+
+def sign(private_key, data: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        return private_key.sign(
+            data, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH), hashes.SHA256()
+        )
+    if isinstance(private_key, ed25519.Ed25519PrivateKey):
+        return private_key.sign(data)
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        return private_key.sign(data, ec.ECDSA(hashes.SHA256()))
+    raise ConfigError("[networkcache] signature-private-key-file must be an RSA, Ed25519 or EC key")
+
+
+def verify(public_key, signature: bytes, data: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+    try:
+        if isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(
+                signature, data, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO),
+                hashes.SHA256(),
+            )
+        elif isinstance(public_key, ed25519.Ed25519PublicKey):
+            public_key.verify(signature, data)
+        elif isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        else:
+            return False
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+# -- what a binary is built for ----------------------------------------------------------------
+
+def platform_tags() -> dict[str, Any]:
+    """OS, architecture and Python of this node: an archive built elsewhere must match them."""
+    try:
+        release = platform.freedesktop_os_release()
+        os_tag = [release.get("ID", ""), release.get("VERSION_ID", ""), release.get("VERSION_CODENAME", "")]
+    except OSError:
+        os_tag = [platform.system().lower(), platform.release(), ""]
+    multiarch = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-{sys.platform}"
+    return {"os": os_tag, "multiarch": multiarch, "python": sys.implementation.cache_tag}
+
+
+@dataclass
+class Entry:
+    """One verified directory entry."""
+
+    metadata: dict[str, Any]
+
+    @property
+    def sha512(self) -> str:
+        return self.metadata["sha512"]
+
+    @property
+    def size(self) -> int | None:
+        size = self.metadata.get("size")
+        return size if isinstance(size, int) and size >= 0 else None
+
+
+# -- archives ---------------------------------------------------------------------------------
+
+def make_archive(directory: Path, top: str, destination: Path) -> tuple[str, int]:
+    """tar.gz of `directory` as `<top>/…` without local-only files; returns (sha512, size)."""
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = info.name.split("/")
+        if len(parts) > 1 and parts[1] in LOCAL_ONLY:
+            return None
+        if not (info.isreg() or info.isdir() or info.issym() or info.islnk()):
+            return None  # sockets, fifos: runtime leftovers
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mode &= 0o777
+        return info
+
+    with tarfile.open(destination, "w:gz", compresslevel=6) as tar:
+        tar.add(str(directory), arcname=top, filter=keep)
+    digest = hashlib.sha512()
+    with open(destination, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest(), destination.stat().st_size
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
+def _member_parts(name: str, top: str) -> list[str]:
+    """The validated path of a member below `top`, as components ([] for `top` itself)."""
+    if "\0" in name or name.startswith("/") or "\\" in name:
+        raise CacheRefused(f"archive member {name!r} has an unsafe name")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts or parts[0] != top or ".." in parts:
+        raise CacheRefused(f"archive member {name!r} is outside {top}/")
+    return parts[1:]
+
+
+def safe_extract(archive: Path, top: str, staging: Path, final: Path) -> None:
+    """Unpack `archive` (members `<top>/…`) into the empty directory `staging`, which will be
+    renamed to `final`. Refuses (CacheRefused) anything that could write or point outside."""
+    staging_real = os.path.realpath(staging)
+    final_str = os.path.abspath(final)
+    directories: list[tuple[Path, int]] = []
+    try:
+        tar = tarfile.open(archive, "r:gz")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise CacheRefused(f"archive is not a readable tar.gz: {e}") from None
+    with tar:
+        try:
+            for member in tar:
+                parts = _member_parts(member.name, top)
+                target = staging.joinpath(*parts) if parts else staging
+                parent = target.parent if parts else staging
+                if not _inside(os.path.realpath(parent), staging_real):
+                    raise CacheRefused(f"archive member {member.name!r} goes through a link outside the tree")
+                mode = member.mode & 0o777  # no set-uid, set-gid or sticky bits from the network
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    directories.append((target, mode | 0o700))
+                elif member.isreg():
+                    parent.mkdir(parents=True, exist_ok=True)
+                    source = tar.extractfile(member)
+                    assert source is not None
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                    with source, os.fdopen(fd, "wb") as out:
+                        shutil.copyfileobj(source, out, CHUNK)
+                    os.chmod(target, mode)
+                elif member.issym():
+                    link = member.linkname
+                    if "\0" in link:
+                        raise CacheRefused(f"archive link {member.name!r} has an unsafe target")
+                    if link.startswith("/"):
+                        ok = _inside(posixpath.normpath(link), final_str)
+                    else:
+                        resolved = posixpath.normpath(posixpath.join(posixpath.dirname("/".join(parts)), link))
+                        ok = not (resolved == ".." or resolved.startswith("../") or resolved.startswith("/"))
+                    if not ok:
+                        raise CacheRefused(f"archive link {member.name!r} -> {link!r} escapes the software directory")
+                    parent.mkdir(parents=True, exist_ok=True)
+                    os.symlink(link, target)
+                elif member.islnk():
+                    source_parts = _member_parts(member.linkname, top)
+                    source_path = staging.joinpath(*source_parts)
+                    if not source_parts or not _inside(os.path.realpath(source_path), staging_real) \
+                            or not source_path.is_file() or source_path.is_symlink():
+                        raise CacheRefused(f"archive hard link {member.name!r} -> {member.linkname!r} is unsafe")
+                    parent.mkdir(parents=True, exist_ok=True)
+                    os.link(source_path, target, follow_symlinks=False)
+                else:
+                    raise CacheRefused(f"archive member {member.name!r} is a device or fifo")
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+            raise CacheRefused(f"archive is truncated or corrupt: {e}") from None
+        except FileExistsError:
+            raise CacheRefused("archive holds the same member twice") from None
+    for directory, mode in sorted(directories, key=lambda d: len(d[0].parts), reverse=True):
+        os.chmod(directory, mode)
+
+
+def chown_tree(root: Path, identity: Identity) -> None:
+    os.lchown(root, identity.uid, identity.gid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), identity.uid, identity.gid)
+
+
+# -- the client -------------------------------------------------------------------------------
+
+class BinaryCache:
+    """Look up, fetch and publish software release archives for one software root."""
+
+    def __init__(self, config: CacheConfig, software_root: Path):
+        self.config = config
+        self.software_root = Path(os.path.abspath(software_root))
+        self._session = None
+        self._tags: dict[str, Any] | None = None
+
+    @property
+    def tags(self) -> dict[str, Any]:
+        if self._tags is None:
+            self._tags = platform_tags()
+        return self._tags
+
+    # HTTP ---------------------------------------------------------------------------------
+    def _http(self):
+        if self._session is None:
+            import requests
+
+            self._session = requests.Session()
+            self._session.headers["User-Agent"] = "slapnode-binary-cache"
+        return self._session
+
+    @staticmethod
+    def _tls(tls: tuple[str | None, str | None, str | None]) -> dict[str, Any]:
+        ca, cert, key = tls
+        kwargs: dict[str, Any] = {}
+        if ca:
+            kwargs["verify"] = ca
+        if cert:
+            kwargs["cert"] = (cert, key) if key else cert
+        return kwargs
+
+    def _request(self, method: str, url: str, tls, **kwargs):
+        import requests
+
+        try:
+            return self._http().request(method, url, timeout=(10, self.config.timeout), **self._tls(tls), **kwargs)
+        except requests.RequestException as e:
+            raise CacheError(f"binary cache {url} unreachable: {type(e).__name__}: {e}") from None
+
+    # lookup -------------------------------------------------------------------------------
+    def lookup(self, url: str, key: str) -> Entry | None:
+        """The newest trusted entry built for this node, or None. Entries whose signature does
+        not verify are skipped with a warning."""
+        dir_url = f"{self.config.download_dir_url.rstrip('/')}/{key}"
+        response = self._request("GET", dir_url, self.config.shadir_tls, stream=True)
+        with response:
+            if response.status_code == 404:
+                return None
+            if response.status_code != 200:
+                raise CacheError(f"binary cache directory {dir_url} answered HTTP {response.status_code}")
+            body = response.raw.read(MAX_DIRECTORY_ANSWER + 1, decode_content=True)
+        if len(body) > MAX_DIRECTORY_ANSWER:
+            raise CacheRefused(f"binary cache directory {dir_url} answered more than {MAX_DIRECTORY_ANSWER} bytes")
+        try:
+            entries = json.loads(body)
+        except ValueError:
+            raise CacheRefused(f"binary cache directory {dir_url} answered something that is not JSON") from None
+        if not isinstance(entries, list):
+            raise CacheRefused(f"binary cache directory {dir_url} did not answer a list")
+        refused = 0
+        for item in reversed(entries):  # the last published first
+            entry = self._trusted(item)
+            if entry is None:
+                refused += 1
+                continue
+            if self._compatible(entry, url):
+                return entry
+        if refused:
+            logger.warning(
+                "binary cache: %d entr%s for %s refused (signature does not verify with the trusted "
+                "certificates, or malformed)", refused, "y" if refused == 1 else "ies", url,
+            )
+        return None
+
+    def _trusted(self, item: Any) -> Entry | None:
+        if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+            return None
+        text, signature = item
+        try:
+            raw_signature = base64.b64decode(signature, validate=True)
+        except ValueError:
+            return None
+        data = text.encode()
+        if not any(verify(key, raw_signature, data) for key in self.config.trusted_keys):
+            return None
+        try:
+            metadata = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(metadata, dict) or not _SHA512.match(str(metadata.get("sha512", ""))):
+            return None
+        return Entry(metadata)
+
+    def _compatible(self, entry: Entry, url: str) -> bool:
+        m = entry.metadata
+        return (
+            m.get("software_url") == url
+            and m.get("software_root") == str(self.software_root)
+            and m.get("os") == self.tags["os"]
+            and m.get("multiarch") == self.tags["multiarch"]
+            and m.get("python", self.tags["python"]) == self.tags["python"]
+        )
+
+    # fetch --------------------------------------------------------------------------------
+    def fetch(self, entry: Entry, key: str, final: Path, owner: Identity | None) -> None:
+        """Download, verify and unpack the archive of `entry` to `final` (which must not exist)."""
+        token = secrets.token_hex(4)
+        archive = self.software_root / f".{key}.download-{token}"
+        staging = self.software_root / f".{key}.unpack-{token}"
+        content_url = f"{self.config.download_cache_url.rstrip('/')}/{entry.sha512}"
+        try:
+            self._download(content_url, archive, entry)
+            staging.mkdir(mode=0o755)
+            safe_extract(archive, key, staging, final)
+            if owner is not None:
+                chown_tree(staging, owner)
+            os.rename(staging, final)
+        finally:
+            archive.unlink(missing_ok=True)
+            if staging.exists():
+                remove_tree(staging)
+
+    def _download(self, url: str, destination: Path, entry: Entry) -> None:
+        response = self._request("GET", url, self.config.shacache_tls, stream=True)
+        with response:
+            if response.status_code != 200:
+                raise CacheError(f"binary cache {url} answered HTTP {response.status_code}")
+            digest = hashlib.sha512()
+            size = 0
+            limit = entry.size
+            fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                try:
+                    for chunk in response.iter_content(CHUNK):
+                        size += len(chunk)
+                        if limit is not None and size > limit:
+                            raise CacheRefused(f"archive from {url} is larger than the signed size {limit}")
+                        digest.update(chunk)
+                        out.write(chunk)
+                except CacheRefused:
+                    raise
+                except Exception as e:  # connection dropped mid-way: a truncated download
+                    raise CacheRefused(f"download of {url} interrupted after {size} bytes: {e}") from None
+        if limit is not None and size != limit:
+            raise CacheRefused(f"archive from {url} is truncated: {size} of {limit} bytes")
+        if digest.hexdigest() != entry.sha512:
+            raise CacheRefused(f"archive from {url} does not match its signed SHA-512 (tampered or corrupt)")
+
+    # publish ------------------------------------------------------------------------------
+    def publish(self, url: str, key: str, directory: Path) -> str:
+        """Archive `directory`, upload it and its signed entry; returns the archive's SHA-512."""
+        private_key = load_private_key(self.config.signature_private_key_file)
+        archive = self.software_root / f".{key}.upload-{secrets.token_hex(4)}"
+        try:
+            sha512, size = make_archive(directory, key, archive)
+            cache_url = self.config.upload_cache_url.rstrip("/")
+            with open(archive, "rb") as f:
+                response = self._request(
+                    "POST", cache_url, self.config.shacache_tls, data=f,
+                    headers={"Content-Type": "application/octet-stream"},
+                )
+            if response.status_code not in (200, 201):
+                raise CacheError(f"binary cache {cache_url} refused the archive: HTTP {response.status_code}")
+            answered = response.text.strip()
+            if answered != sha512:
+                raise CacheError(f"binary cache {cache_url} stored the archive as {answered[:20]}…, expected {sha512[:20]}…")
+            metadata = {
+                "software_url": url,
+                "software_root": str(self.software_root),
+                **self.tags,
+                "sha512": sha512,
+                "size": size,
+                "creation_date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+            text = json.dumps(metadata, sort_keys=True)
+            signature = base64.b64encode(sign(private_key, text.encode())).decode()
+            dir_url = f"{self.config.upload_dir_url.rstrip('/')}/{key}"
+            response = self._request("PUT", dir_url, self.config.shadir_tls, json=[text, signature])
+            if response.status_code not in (200, 201):
+                raise CacheError(f"binary cache directory {dir_url} refused the entry: HTTP {response.status_code}")
+            return sha512
+        finally:
+            archive.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that also removes read-only directories (fixing permissions as it goes)."""
+
+    def fix(function, name, *_):
+        try:
+            os.chmod(os.path.dirname(name), stat.S_IRWXU)
+            if os.path.isdir(name) and not os.path.islink(name):
+                os.chmod(name, stat.S_IRWXU)
+            function(name)
+        except FileNotFoundError:
+            pass
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=fix)
+    else:
+        shutil.rmtree(path, onerror=fix)

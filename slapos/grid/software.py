@@ -1,0 +1,608 @@
+"""`slapos node software`: build, once, each software release the master wants on this computer.
+
+One call to the master gives the computer's software list. For each release:
+
+* wanted `available`: `software_root/<md5 of URL>/.completed` present (and no `--develop`) → nothing
+  to do, which costs one `stat`; otherwise report *building*, fetch a signed archive from the
+  binary cache or run buildout, report *available*, then write `.completed`; on failure report
+  *error* with the tail of the build log and go on with the next release;
+* wanted `destroyed`: remove the directory unless a partition still links to it
+  (`instance_root/*/software_release`), then report *destroyed*.
+
+The no-op path imports neither buildout nor the cache client nor psutil (see bench/software.py).
+Builds may run side by side (`--jobs N`); every console line names its release.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slapos.base.errors import ConfigError, SlapOSError
+
+logger = logging.getLogger("slapos.software")
+
+COMPLETED = ".completed"
+LOG_DIRECTORY = ".slapgrid/log"
+LOG_NAME = "software.log"
+MAX_LOG_SIZE = 8 << 20  # then the previous log is kept as software.log.1
+ERROR_TAIL_LINES = 60
+HEARTBEAT_SECONDS = 60.0
+
+
+def software_key(url: str) -> str:
+    """The directory name of a software release: md5 hex of its UTF-8 URL (reference §6.2)."""
+    return hashlib.md5(url.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def short_name(url: str, key: str | None = None) -> str:
+    """A readable label for console lines: `hello 35efb2` for `/srv/sr/hello/software.cfg`."""
+    key = key or software_key(url)
+    path = url.split("?", 1)[0].rstrip("/")
+    parts = [p for p in re.split(r"[/:]", path) if p]
+    name = parts[-1] if parts else url
+    if name.endswith(".cfg"):
+        name = name[:-4]
+        if name in ("software", "buildout") and len(parts) > 1:
+            name = parts[-2]
+    return f"{name[:40]} {key[:6]}"
+
+
+def parse_size(text: str) -> int:
+    """`1000M`, `2G`, `512k`, `0` → bytes (binary units, as the reference's human sizes)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[bB]?\s*", text)
+    if not match:
+        raise ConfigError(f"[slapos] software_min_free_space {text!r} is not a size like 1000M or 2G")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    return int(number * (1024 ** " KMGT".index(unit or " ")))
+
+
+@dataclass
+class SoftwareOptions:
+    only: list[str] = field(default_factory=list)  # URLs or md5s; empty = all
+    develop: bool = False
+    jobs: int = 1
+    buildout_debug: bool = False
+    now: bool = False
+    maximal_delay: int = 0
+
+
+@dataclass
+class Outcome:
+    url: str
+    key: str
+    status: str  # up-to-date | built | fetched | destroyed | kept | failed
+    detail: str = ""
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+
+class BuildProgress:
+    """Turns buildout's output into a few console lines: which part, how long so far.
+
+    Every line goes to the per-release log file (process.run writes it) and, at debug level, to
+    the console; part changes are shown at info level, with a heartbeat during long parts.
+    """
+
+    _STEP = re.compile(r"^(Installing|Updating|Uninstalling) (.+)\.$")
+
+    def __init__(self, label: str, heartbeat: float = HEARTBEAT_SECONDS):
+        self.label = label
+        self.start = time.monotonic()
+        self.heartbeat = heartbeat
+        self.last_shown = self.start
+        self.step = "starting"
+
+    def elapsed(self) -> str:
+        return _duration(time.monotonic() - self.start)
+
+    def __call__(self, line: str) -> None:
+        line = line.rstrip()
+        now = time.monotonic()
+        match = self._STEP.match(line)
+        if match:
+            self.step = f"{match.group(1).lower()} part {match.group(2)}"
+            logger.info("[%s] %s (%s)", self.label, self.step, self.elapsed())
+            self.last_shown = now
+        elif line.startswith("Getting distribution for "):
+            logger.info("[%s] %s (%s)", self.label, line.rstrip("."), self.elapsed())
+            self.last_shown = now
+        else:
+            logger.debug("[%s] %s", self.label, line)
+            if now - self.last_shown >= self.heartbeat:
+                logger.info("[%s] still %s (%s)", self.label, self.step, self.elapsed())
+                self.last_shown = now
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def fetch_software_list(settings) -> list:
+    """The computer's software releases: the run's one call to the master."""
+    from slapos.slap import WireError
+    from slapos.slap.exceptions import SlapException
+
+    try:
+        computer = settings.connect().registerComputer(settings.computer_id)
+        return computer.getSoftwareReleaseList()
+    except (SlapException, WireError) as e:
+        raise SlapOSError(f"cannot get the software list of computer {settings.computer_id}: {e}") from None
+
+
+def buildout_profile(url: str, settings) -> str:
+    """The `buildout.cfg` of a software directory: it extends the release, so a person can re-run
+    the build by hand (`cd <dir> && bin/buildout -U -N`). Same keys as the reference writes."""
+
+    def listing(items: list[str]) -> str:
+        return "".join(f"\n  {item}" for item in items)
+
+    return (
+        "# Generated by slapos node software; re-run this build by hand with: bin/buildout -U -N\n"
+        "[buildout]\n"
+        f"extends = {url}\n"
+        f"shared-part-list = {listing(settings.shared_part_list)}\n"
+        f"build-time-part-list = {listing(settings.build_time_part_list)}\n"
+    )
+
+
+def partitions_using(instance_root: Path, software_dir: Path) -> list[str]:
+    """Partitions whose `software_release` link points to `software_dir`."""
+    users = []
+    target = os.path.realpath(software_dir)
+    try:
+        entries = list(os.scandir(instance_root))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        link = os.path.join(entry.path, "software_release")
+        if os.path.islink(link):
+            pointed = os.readlink(link)
+            resolved = os.path.realpath(os.path.join(entry.path, pointed))
+            if resolved == target or os.path.basename(pointed.rstrip("/")) == software_dir.name:
+                users.append(entry.name)
+    return sorted(users)
+
+
+def kill_leftover_builds(directory: Path) -> list[int]:
+    """Kill processes still working in `directory`: a build left running by an agent that was
+    killed (kill -9 does not reach the build, which runs in its own session). We hold the run
+    lock, so no build of ours is legitimately running there."""
+    import psutil
+
+    from .process import kill_tree
+
+    root = os.path.realpath(directory)
+    victims = []
+    for proc in psutil.process_iter(["pid", "cwd", "cmdline"]):
+        cwd = proc.info.get("cwd")
+        if proc.pid == os.getpid() or not cwd or not (cwd == root or cwd.startswith(root + os.sep)):
+            continue
+        # only buildouts (ours or bin/buildout by hand): a shell someone left in the directory lives
+        # on; killing a buildout's tree also ends the compilers it started
+        if any("buildout" in part for part in proc.info.get("cmdline") or ()):
+            victims.append(proc)
+    for proc in victims:
+        logger.warning("killing process %d left running in %s by an interrupted build", proc.pid, directory)
+        kill_tree(proc.pid)
+    psutil.wait_procs(victims, timeout=10)
+    return [p.pid for p in victims]
+
+
+def terminate_children() -> None:
+    """Kill every child process tree of ours (used on SIGTERM/Ctrl-C while builds run)."""
+    try:
+        import psutil
+
+        from .process import kill_tree
+    except ImportError:
+        return
+    for child in psutil.Process().children(recursive=False):
+        kill_tree(child.pid)
+
+
+class SoftwareAgent:
+    """One run of `slapos node software` once the list is known."""
+
+    def __init__(self, settings, options: SoftwareOptions):
+        self.settings = settings
+        self.options = options
+        self.software_root = Path(settings.software_root)
+        self._master_lock = threading.Lock()
+        self._cache = None
+        self._cache_loaded = False
+        self._owner = None
+        self._owner_loaded = False
+
+    # -- selection ----------------------------------------------------------------------------
+    def select(self, releases: list) -> list:
+        if not self.options.only:
+            return list(releases)
+        wanted = set(self.options.only)
+        chosen = [r for r in releases if r.getURI() in wanted or software_key(r.getURI()) in wanted]
+        known = {r.getURI() for r in releases} | {software_key(r.getURI()) for r in releases}
+        for item in sorted(wanted - known):
+            logger.warning("--only-sr %s matches no software release of computer %s", item, self.settings.computer_id)
+        return chosen
+
+    def run(self, releases: list) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        to_build = []
+        for release in self.select(releases):
+            url = release.getURI()
+            key = software_key(url)
+            state = release.getState()
+            if state == "destroyed":
+                outcomes.append(self.destroy(release, url, key))
+            elif state == "available":
+                if not self.options.develop and os.path.exists(self.software_root / key / COMPLETED):
+                    outcomes.append(Outcome(url, key, "up-to-date"))
+                else:
+                    to_build.append(release)
+            else:
+                logger.warning("[%s] unknown requested state %r: left alone", short_name(url, key), state)
+        if to_build:
+            outcomes.extend(self.install_all(to_build))
+        return outcomes
+
+    def install_all(self, releases: list) -> list[Outcome]:
+        jobs = 1 if self.options.buildout_debug else max(1, self.options.jobs)
+        if jobs == 1 or len(releases) == 1:
+            return [self.install(release) for release in releases]
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="build") as pool:
+            return list(pool.map(self.install, releases))
+
+    # -- master -------------------------------------------------------------------------------
+    def _report(self, label: str, what: str, call: Callable[[], object], must: bool) -> str | None:
+        """Tell the master; None on success, else the reason. `building` is best effort."""
+        from slapos.slap.exceptions import NotFoundError, SlapException
+
+        try:
+            with self._master_lock:  # one HTTP session shared by the build threads
+                call()
+            return None
+        except NotFoundError as e:
+            if not must:
+                return None
+            reason = str(e)
+        except SlapException as e:
+            reason = str(e)
+        (logger.error if must else logger.warning)("[%s] could not report %s to the master: %s", label, what, reason)
+        return reason
+
+    def _report_error(self, release, text: str) -> None:
+        with self._master_lock:
+            release.error(text, logger=logger)
+
+    # -- build --------------------------------------------------------------------------------
+    def install(self, release) -> Outcome:
+        url = release.getURI()
+        key = software_key(url)
+        label = short_name(url, key)
+        path = self.software_root / key
+        start = time.monotonic()
+        logger.info("[%s] installing %s", label, url)
+        self._report(label, "building", release.building, must=False)
+        try:
+            status = self._install(url, key, label, path)
+        except SlapOSError as e:
+            return self._failed(release, url, key, label, str(e), start)
+        except Exception as e:  # a bug or an unexpected system error: still only this release fails
+            logger.debug("[%s] unexpected error", label, exc_info=True)
+            return self._failed(release, url, key, label, f"{type(e).__name__}: {e}", start)
+        reason = self._report(label, "available", release.available, must=True)
+        if reason is not None:
+            # no .completed: the next run reports again (re-running a finished buildout is cheap)
+            return Outcome(url, key, "failed", f"built, but reporting it failed: {reason}", time.monotonic() - start)
+        (path / COMPLETED).write_text(time.asctime() + "\n")
+        seconds = time.monotonic() - start
+        logger.info("[%s] %s in %s", label, "fetched from the binary cache" if status == "fetched" else "built",
+                    _duration(seconds))
+        return Outcome(url, key, status, seconds=seconds)
+
+    def _failed(self, release, url: str, key: str, label: str, text: str, start: float) -> Outcome:
+        log_file = self.software_root / key / LOG_DIRECTORY / LOG_NAME
+        first = text.strip().splitlines()[-1] if text.strip() else "unknown error"
+        where = f" (full log: {log_file})" if log_file.exists() else ""
+        logger.error("[%s] failed: %s%s", label, first[:300], where)
+        self._report_error(release, text)
+        return Outcome(url, key, "failed", first, time.monotonic() - start)
+
+    def _install(self, url: str, key: str, label: str, path: Path) -> str:
+        if path.exists():
+            kill_leftover_builds(path)
+        self._check_free_space()
+        if not path.exists() and self._fetch(url, key, label, path):
+            return "fetched"
+        cache = self.cache
+        if cache is not None and cache.config.forced(url):
+            raise SlapOSError(
+                f"{url} must come from the binary cache (download-from-binary-cache-force-url-list) "
+                "and no usable archive was found"
+            )
+        self._build(url, key, label, path)
+        self._publish(url, key, label, path)
+        return "built"
+
+    def _check_free_space(self) -> None:
+        import shutil
+
+        wanted = parse_size(self.settings.config.get("slapos", "software_min_free_space", "1000M"))
+        free = shutil.disk_usage(self.software_root).free
+        if free < wanted:
+            raise SlapOSError(
+                f"only {free >> 20} MiB free in {self.software_root}, {wanted >> 20} MiB required "
+                "([slapos] software_min_free_space): free some space"
+            )
+
+    @property
+    def owner(self):
+        """Who builds: the owner of software_root when we are root (never root), else None."""
+        if not self._owner_loaded:
+            from .process import identity_for
+
+            self._owner = identity_for(self.software_root, "buildout for software releases")
+            self._owner_loaded = True
+        return self._owner
+
+    def _prepare(self, url: str, path: Path) -> None:
+        owner = self.owner
+        created = not path.exists()
+        if created:
+            path.mkdir(mode=0o755)
+        if owner is not None and created:
+            os.chown(path, owner.uid, owner.gid)
+        profile = path / "buildout.cfg"
+        if not profile.exists():
+            profile.write_text(buildout_profile(url, self.settings))
+            if owner is not None:
+                os.chown(profile, owner.uid, owner.gid)
+        # buildout needs the extends cache before it reads a remote profile (it creates it later)
+        extends_cache = path / "extends-cache"
+        if not extends_cache.exists():
+            extends_cache.mkdir(mode=0o755)
+            if owner is not None:
+                os.chown(extends_cache, owner.uid, owner.gid)
+        from .buildout import write_runner_script
+
+        script = path / "bin" / "buildout"
+        bin_created = not script.parent.exists()
+        write_runner_script(script)
+        if owner is not None:
+            if bin_created:
+                os.chown(script.parent, owner.uid, owner.gid)
+            os.chown(script, owner.uid, owner.gid)
+        import shutil
+
+        home_netrc = Path(owner.home if owner else os.path.expanduser("~")) / ".netrc"
+        if home_netrc.is_file():
+            netrc = path / ".netrc"
+            shutil.copyfile(home_netrc, netrc)
+            os.chmod(netrc, 0o600)
+            if owner is not None:
+                os.chown(netrc, owner.uid, owner.gid)
+
+    def _open_log(self, path: Path, url: str) -> Path:
+        log_dir = path / LOG_DIRECTORY
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_file = log_dir / LOG_NAME
+        try:
+            if log_file.stat().st_size > MAX_LOG_SIZE:
+                os.replace(log_file, log_file.with_name(LOG_NAME + ".1"))
+        except FileNotFoundError:
+            pass
+        with open(log_file, "a", encoding="utf-8") as f:
+            f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} slapos node software: building {url}\n")
+        return log_file
+
+    def _build(self, url: str, key: str, label: str, path: Path) -> None:
+        from .buildout import run_buildout
+        from .process import ProcessTimeout, identity_for
+
+        self._prepare(url, path)
+        identity = identity_for(path, f"buildout of {url}")
+        log_file = self._open_log(path, url)
+        logger.info("[%s] running buildout in %s (log: %s)", label, path, log_file)
+        timeout = self.settings.buildout_timeout
+        try:
+            result = run_buildout(
+                path,
+                self.settings,
+                identity,
+                timeout=timeout,
+                log_file=log_file,
+                on_line=BuildProgress(label),
+                newest=self.options.develop,
+                debug=self.options.buildout_debug,
+                assignments=[f"buildout:extends-cache={path / 'extends-cache'}"],
+            )
+        except ProcessTimeout:
+            with open(log_file, "a", encoding="utf-8") as f:
+                f.write(f"=== buildout killed after {timeout:g} s (buildout_timeout)\n")
+            raise SlapOSError(
+                f"buildout ran longer than {timeout:g} s and was killed (buildout_timeout in [slapos] or "
+                f"--buildout-timeout; log: {log_file})"
+            ) from None
+        with open(log_file, "a", encoding="utf-8") as f:
+            f.write(f"=== buildout exited with code {result.returncode} after {result.duration:.1f} s\n")
+        if result.ok:
+            logger.info("[%s] buildout succeeded in %s", label, _duration(result.duration))
+        else:
+            raise SlapOSError(
+                f"buildout failed with exit code {result.returncode} (log: {log_file}); last lines:\n"
+                f"{result.tail(ERROR_TAIL_LINES)}"
+            )
+
+    # -- binary cache -------------------------------------------------------------------------
+    @property
+    def cache(self):
+        """The binary cache client, or None when [networkcache] configures none."""
+        if not self._cache_loaded:
+            self._cache_loaded = True
+            if self.settings.networkcache:
+                from .cache import BinaryCache, CacheConfig
+
+                config = CacheConfig.from_options(self.settings.networkcache)
+                if config is not None:
+                    if (config.download_dir_url and not config.trusted_keys):
+                        logger.warning(
+                            "binary cache downloads disabled: [networkcache] signature-certificate-list "
+                            "is empty, so no archive could be trusted"
+                        )
+                    self._cache = BinaryCache(config, self.software_root)
+        return self._cache
+
+    def _fetch(self, url: str, key: str, label: str, path: Path) -> bool:
+        cache = self.cache
+        if cache is None or not cache.config.can_download(url):
+            return False
+        from .cache import CacheError
+
+        try:
+            entry = cache.lookup(url, key)
+            if entry is None:
+                logger.info("[%s] not in the binary cache: building", label)
+                return False
+            logger.info("[%s] downloading from the binary cache (%s)", label, _size(entry.size))
+            cache.fetch(entry, key, path, self.owner)
+            return True
+        except CacheError as e:
+            logger.warning("[%s] binary cache refused: %s; building instead", label, e)
+        except SlapOSError:
+            raise
+        except Exception as e:
+            logger.warning("[%s] binary cache failed: %s: %s; building instead", label, type(e).__name__, e)
+        return False
+
+    def _publish(self, url: str, key: str, label: str, path: Path) -> None:
+        cache = self.cache
+        if cache is None or not cache.config.can_upload(url) or (path / ".shared").exists():
+            return
+        start = time.monotonic()
+        try:
+            sha512 = cache.publish(url, key, path)
+            logger.info("[%s] uploaded to the binary cache in %s (%s…)", label,
+                        _duration(time.monotonic() - start), sha512[:16])
+        except Exception as e:  # an upload problem never fails a good build
+            logger.warning("[%s] upload to the binary cache failed: %s", label, e)
+
+    # -- destruction --------------------------------------------------------------------------
+    def destroy(self, release, url: str, key: str) -> Outcome:
+        label = short_name(url, key)
+        path = self.software_root / key
+        start = time.monotonic()
+        users = partitions_using(Path(self.settings.instance_root), path)
+        if users:
+            logger.warning(
+                "[%s] not destroyed: still used by partition%s %s; retried at the next run",
+                label, "s" if len(users) > 1 else "", ", ".join(users),
+            )
+            return Outcome(url, key, "kept", "used by " + ", ".join(users))
+        try:
+            if path.exists() or path.is_symlink():
+                import secrets
+
+                kill_leftover_builds(path)
+                from .cache import remove_tree
+
+                # rename first: nobody sees a half-removed release
+                doomed = self.software_root / f".{key}.destroy-{secrets.token_hex(4)}"
+                os.rename(path, doomed)
+                remove_tree(doomed)
+                logger.info("[%s] removed %s", label, path)
+        except OSError as e:
+            text = f"cannot remove {path}: {e}"
+            logger.error("[%s] %s", label, text)
+            self._report_error(release, text)
+            return Outcome(url, key, "failed", text, time.monotonic() - start)
+        reason = self._report(label, "destroyed", release.destroyed, must=True)
+        if reason is not None:
+            return Outcome(url, key, "failed", f"removed, but reporting it failed: {reason}")
+        return Outcome(url, key, "destroyed", seconds=time.monotonic() - start)
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "size unknown"
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def summarize(outcomes: list[Outcome]) -> None:
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    if not outcomes:
+        logger.info("no software release to process")
+        return
+    order = ("built", "fetched", "up-to-date", "destroyed", "kept", "failed")
+    text = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
+    (logger.error if counts.get("failed") else logger.info)("software releases: %s", text)
+
+
+def run_software(settings, options: SoftwareOptions) -> int:
+    """The whole command once configuration and root check are done. Exit code 0/1 (10: locked)."""
+    from .lock import RunLock
+
+    if not options.now and options.maximal_delay > 0:
+        import random
+
+        delay = random.uniform(1, options.maximal_delay)
+        logger.info("sleeping %.0f s (maximal_delay; --now to skip)", delay)
+        time.sleep(delay)
+    with RunLock(settings.pidfile_software, "slapos node software"):
+        releases = fetch_software_list(settings)
+        if not Path(settings.software_root).is_dir():
+            Path(settings.software_root).mkdir(parents=True, mode=0o755)
+        agent = SoftwareAgent(settings, options)
+        previous = _install_termination_handler()
+        try:
+            outcomes = agent.run(releases)
+        except BaseException:
+            terminate_children()
+            raise
+        finally:
+            agent.close()
+            _restore_termination_handler(previous)
+    summarize(outcomes)
+    return 1 if any(o.failed for o in outcomes) else 0
+
+
+def _install_termination_handler():
+    """SIGTERM while building: stop the builds (they run in their own sessions) and exit 143."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    import signal
+
+    def handler(signum, frame):
+        terminate_children()
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_termination_handler(previous) -> None:
+    if previous is not None:
+        import signal
+
+        signal.signal(signal.SIGTERM, previous)
