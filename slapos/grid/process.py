@@ -95,17 +95,26 @@ def clean_environment(home: str | Path, extra_path: Sequence[str] = (), **extra:
     return env
 
 
-def _demote(ident: Identity | None, umask: int | None) -> Callable[[], None]:
+def supplementary_groups(ident: Identity) -> list[int]:
+    """The groups `ident` runs with. Computed in the parent: the group database must not be
+    read in a child forked from a threaded process (another thread may hold its lock)."""
+    try:
+        groups = [g.gr_gid for g in grp.getgrall() if ident.name in g.gr_mem]
+    except Exception:
+        groups = []
+    return sorted({ident.gid, *groups})
+
+
+def _demote(ident: Identity | None, umask: int | None, groups: list[int] | None = None) -> Callable[[], None]:
+    if ident is not None and groups is None:
+        groups = supplementary_groups(ident)
+
     def preexec() -> None:
         if umask is not None:
             os.umask(umask)
         if ident is None:
             return
-        try:
-            groups = [g.gr_gid for g in grp.getgrall() if ident.name in g.gr_mem]
-        except Exception:
-            groups = []
-        os.setgroups(sorted({ident.gid, *groups}))
+        os.setgroups(groups)
         os.setgid(ident.gid)
         os.setuid(ident.uid)
         if os.getuid() == 0 or os.geteuid() == 0:

@@ -1,0 +1,123 @@
+"""What `slapos node status --partitions` shows: each partition as the node last left it.
+
+Read from the files the instance run keeps (`.slapgrid/state.json`, promise results): nothing is
+run and the master is not asked, so it is instant and works offline.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+from .partition import Partition, PartitionError
+from .promise import PromiseRunner
+
+
+@dataclass
+class PartitionStatus:
+    partition_id: str
+    requested_state: str | None
+    status: str  # new | ok | error | promise-error | waiting
+    software_release_url: str | None
+    last_error: str | None
+    failures: int
+    next_retry: float | None
+    last_attempt: float | None
+    last_success: float | None
+    timestamp: str | None
+    promises: list[dict] = field(default_factory=list)
+
+    @property
+    def promise_summary(self) -> str:
+        if not self.promises:
+            return "-"
+        failed = sum(1 for p in self.promises if p["failed"])
+        total = len(self.promises)
+        return f"{total}/{total} ok" if not failed else f"{failed}/{total} failed"
+
+    @property
+    def backoff(self) -> str:
+        if self.status != "waiting" or not self.next_retry:
+            return "-"
+        return f"until {time.strftime('%H:%M:%S', time.localtime(self.next_retry))} ({self.failures} failures)"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["promise_summary"] = self.promise_summary
+        return data
+
+
+def partition_ids(settings) -> list[str]:
+    """Partition directories of the instance root (formatted ones, or ones the node worked in)."""
+    root = settings.instance_root
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(root, name)
+        if os.path.isdir(path) and not os.path.islink(path) and (
+            os.path.exists(os.path.join(path, ".slapos-resource")) or os.path.isdir(os.path.join(path, ".slapgrid"))
+        ):
+            found.append(name)
+    return sorted(found, key=lambda n: (len(n), n))
+
+
+def partition_status(settings, partition_id: str, now: float | None = None) -> PartitionStatus:
+    partition = Partition(settings, partition_id)
+    state = partition.load_state()
+    timestamp, _ = partition.read_timestamp()
+    now = time.time() if now is None else now
+    status = state.status
+    if status in ("error", "promise-error") and state.next_retry and state.next_retry > now:
+        status = "waiting"
+    elif status == "ok" and state.last_error:
+        status = "promise-error"  # a periodic check failed since the last deployment
+    results = PromiseRunner(settings, partition).stored_results()
+    promises = [
+        {"title": r.title, "failed": r.failed, "message": r.message,
+         "date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r.date)) if r.date else None}
+        for r in results
+    ]
+    return PartitionStatus(
+        partition_id=partition_id,
+        requested_state=state.requested_state,
+        status=status,
+        software_release_url=state.software_release_url,
+        last_error=state.last_error,
+        failures=state.failures,
+        next_retry=state.next_retry,
+        last_attempt=state.last_attempt,
+        last_success=state.last_success,
+        timestamp=timestamp,
+        promises=promises,
+    )
+
+
+def all_statuses(settings) -> list[PartitionStatus]:
+    statuses = []
+    now = time.time()
+    for partition_id in partition_ids(settings):
+        try:
+            statuses.append(partition_status(settings, partition_id, now))
+        except PartitionError:
+            continue
+    return statuses
+
+
+def format_table(statuses: list[PartitionStatus]) -> str:
+    headers = ("PARTITION", "REQUESTED", "STATUS", "PROMISES", "BACK-OFF", "LAST ERROR")
+    rows = []
+    for s in statuses:
+        error = (s.last_error or "").strip().splitlines()
+        first = error[0] if error else "-"
+        if len(first) > 100:
+            first = first[:97] + "..."
+        rows.append((s.partition_id, s.requested_state or "-", s.status, s.promise_summary, s.backoff, first))
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers) - 1)]
+    lines = []
+    for row in [headers, *rows]:
+        cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths, strict=True)]
+        lines.append("  ".join([*cells, str(row[-1])]).rstrip())
+    return "\n".join(lines)

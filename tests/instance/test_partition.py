@@ -1,0 +1,121 @@
+"""Partition bookkeeping: safe ids, link-proof atomic writes, certificates, state, back-off."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from slapos.grid import backoff
+from slapos.grid.instance import PROFILE_TAIL
+from slapos.grid.partition import (
+    Partition,
+    PartitionError,
+    PartitionState,
+    check_partition_id,
+    open_dir,
+    software_directory,
+    truncate,
+    write_at,
+)
+from tests.fixtures.supervisor import node_settings
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return node_settings(tmp_path, certificate_repository_path=tmp_path / "certs")
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a/b", "..", "slap\0part", "", ".hidden", "x" * 200, "/abs"])
+def test_hostile_partition_ids_are_refused(settings, bad):
+    with pytest.raises(PartitionError):
+        check_partition_id(bad)
+    with pytest.raises(PartitionError):
+        Partition(settings, bad)
+
+
+def test_partition_must_exist_locally(settings):
+    partition = Partition(settings, "slappart7")
+    with pytest.raises(PartitionError, match="no directory"):
+        partition.check_exists()
+    os.symlink("/etc", settings.instance_root / "slappart7")  # a link is not a partition
+    with pytest.raises(PartitionError):
+        partition.check_exists()
+
+
+def test_writes_never_follow_links_planted_by_the_tenant(settings, tmp_path):
+    path = settings.instance_root / "slappart0"
+    path.mkdir()
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    os.symlink(target, path / ".timestamp")
+    partition = Partition(settings, "slappart0")
+    partition.write_timestamp("1795625303.3630798")
+    assert target.read_text() == "keep me"  # the link was replaced, not written through
+    assert not (path / ".timestamp").is_symlink()
+    assert partition.read_timestamp()[0] == "1795625303.3630798"
+
+    os.symlink(tmp_path, path / ".slapgrid")  # the whole directory swapped for a link
+    with pytest.raises(PartitionError, match="symbolic link"):
+        partition.save_state(PartitionState(status="ok"))
+    assert not (tmp_path / "state.json").exists()
+    assert partition.load_state().status == "new"
+    assert [n for n in os.listdir(path) if n.endswith(".tmp")] == []
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    with open_dir(tmp_path) as fd:
+        write_at(fd, "f", "one")
+        write_at(fd, "f", "two", 0o600)
+    assert (tmp_path / "f").read_text() == "two"
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o600
+    assert os.listdir(tmp_path) == ["f"]
+
+
+def test_certificate_files(settings):
+    (settings.instance_root / "slappart0").mkdir()
+    partition = Partition(settings, "slappart0")
+    assert partition.write_certificate("", "") is False  # the proxy gives empty ones: nothing written
+    assert not (settings.certificate_repository_path / "slappart0.crt").exists()
+    assert partition.write_certificate("CERT", "KEY") is True
+    for name, content in (("slappart0.crt", "CERT"), ("slappart0.key", "KEY")):
+        path = settings.certificate_repository_path / name
+        assert path.read_text() == content and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert partition.write_certificate("CERT", "KEY") is False
+    partition.remove_certificate()
+    assert list(settings.certificate_repository_path.iterdir()) == []
+
+
+def test_state_round_trip_and_damage(settings):
+    (settings.instance_root / "slappart0").mkdir()
+    partition = Partition(settings, "slappart0")
+    state = PartitionState(status="error", last_error="boom", failures=2, programs=["a"])
+    partition.save_state(state)
+    assert partition.load_state() == state
+    partition.state_path.write_text("{not json")
+    assert partition.load_state() == PartitionState()  # a damaged state costs one full run
+
+
+def test_backoff_grows_and_is_capped():
+    assert [backoff.delay_after(n) for n in (1, 2, 3, 7, 8, 20)] == [60, 120, 240, 3600, 3600, 3600]
+    state = PartitionState(status="error")
+    backoff.record_failure(state, "inputs-1", 1000.0)
+    assert state.failures == 1 and state.next_retry == 1060.0
+    assert backoff.check(state, "inputs-1", 1010.0).wait
+    assert not backoff.check(state, "inputs-1", 1056.0).wait  # the next cron run is close enough
+    assert not backoff.check(state, "inputs-2", 1010.0).wait  # new inputs: at once
+    assert not backoff.check(state, "inputs-1", 1010.0, force=True).wait
+    backoff.record_failure(state, "inputs-1", 1100.0)
+    assert state.failures == 2 and state.next_retry == 1220.0
+    backoff.record_failure(state, "inputs-2", 1300.0)
+    assert state.failures == 1  # counting starts again on new inputs
+    backoff.record_success(state)
+    assert state.failures == 0 and state.next_retry is None
+
+
+def test_helpers():
+    assert software_directory("/opt/slapgrid", "/opt/capture/sr/software.cfg").name == \
+        "35efb25c1156faa23f96ef6367017ade"  # the reference's capture
+    long = "x" * 20000 + "the end"
+    assert truncate(long).endswith("the end") and len(truncate(long)) < 11000
+    assert "[slap-connection]" in PROFILE_TAIL and "[slap_connection]" in PROFILE_TAIL
