@@ -5,8 +5,9 @@
     connection.initializeConnection("http://127.0.0.1:4000/")
     computer = connection.registerComputer("local_computer")
 
-Importing this package is cheap: the client classes are loaded on first use, and `requests` and
-`lxml` only when the first call goes to the network or a document is decoded.
+Importing this package is cheap: the client classes are loaded on first use, the HTTP layer
+(`slapos.slap.transport`, standard library `http.client`) on the first call, and `lxml` when the
+first document is decoded.
 """
 from __future__ import annotations
 

@@ -1,15 +1,19 @@
-"""HTTP transport of the SLAP protocol (SLAP-PROTOCOL.md §1): one `requests` session per connection.
+"""HTTP side of the SLAP protocol (SLAP-PROTOCOL.md §1), over the light keep-alive transport of
+`slapos.slap.transport` (standard library `http.client` + `ssl`; `requests` is not used).
 
-* GET with query parameters, POST with a url-encoded form; `None` form values travel as `'None'`.
+* GET with query parameters, POST with a url-encoded form (`application/x-www-form-urlencoded`,
+  UTF-8, spaces as `+`: byte-for-byte what `requests` sent); `None` form values travel as `'None'`.
 * POSTs made on behalf of a partition carry `Authorization: X-SlapPartition computer_id=…,
   computer_partition_id=…`; GETs never carry it.
 * The client certificate is sent to `https` masters only. Unlike the reference, the server
-  certificate **is verified** (against `master_ca_file`, else the system CAs); `insecure=True` is an
-  explicit opt-out meant for tests.
+  certificate **is verified**, host name included (against `master_ca_file`, else the system CAs
+  of OpenSSL, which honours `SSL_CERT_FILE`/`SSL_CERT_DIR`); `insecure=True` is an explicit opt-out
+  meant for tests.
 * Status codes and network failures become the `slapos.slap.exceptions` hierarchy; each message
-  names the URL and says what to check.
+  names the URL and says what to check. Nothing else escapes.
+* One `Connection` may be used from several threads (the transport pools connections).
 
-`requests` is imported on the first call, not when this module is imported.
+`http.client` (and `ssl`) are imported on the first call, not when this module is imported.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import os
 import re
 import threading
 from collections.abc import Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit, urlunsplit
 
 from slapos.base.errors import ConfigError
 
@@ -39,8 +43,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 60.0
 USER_AGENT = "slapnode/0.1 (slapos.core compatible)"
-# Statuses the reference treats as "the server failed" besides every other 5xx.
-_MAX_REASON = 300
+_MAX_REASON = 300  # characters of a reason or cause quoted in a message
 
 
 def normalize_master_url(url: str) -> str:
@@ -78,8 +81,16 @@ def _reason(body: bytes) -> str:
     return text[:_MAX_REASON]
 
 
+def encode_form(fields: Mapping[str, str | bytes]) -> str:
+    """`k=v&...` exactly as `requests` encodes a form or query: UTF-8, `quote_plus` (space → `+`)."""
+    return urlencode([
+        (k.encode("utf-8") if isinstance(k, str) else k, v.encode("utf-8") if isinstance(v, str) else v)
+        for k, v in fields.items()
+    ])
+
+
 class Connection:
-    """A connection to one master: base URL, credentials, timeout and a reused HTTP session."""
+    """A connection to one master: base URL, credentials, timeout and pooled keep-alive connections."""
 
     def __init__(
         self,
@@ -105,50 +116,100 @@ class Connection:
                            ("master_ca_file", self.master_ca_file)):
             if path is not None and not os.path.exists(path):
                 raise ConfigError(f"{name} {path} does not exist; fix {name} in the configuration")
-        self._session = None
+        self._parse_target()
+        self._transport = None
         self._lock = threading.Lock()
 
-    # -- session -------------------------------------------------------------------------------
+    def _parse_target(self) -> None:
+        parts = urlsplit(self.master_url)
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigError(f"master_url {self.master_url!r} has an invalid port; fix master_url") from None
+        host = unquote(parts.hostname or "")
+        if not host:
+            raise ConfigError(f"master_url {self.master_url!r} has no host; fix master_url in the configuration")
+        if not host.isascii():
+            try:
+                host = host.encode("idna").decode("ascii")
+            except UnicodeError:
+                raise ConfigError(f"master_url {self.master_url!r}: invalid host name {host!r}") from None
+        self.host = host
+        self.port = port or (443 if self.https else 80)
+        # requests re-quoted the URL: characters unsafe in a request line are %-escaped
+        self._prefix = quote(parts.path, safe="!#$%&'()*+,/:;=?@[]~")
+        self._auth = None
+        self._display = self.master_url
+        if parts.username is not None:
+            # http://user:password@host/: HTTP basic authentication, like requests did; the
+            # password is kept out of the URLs that error messages show.
+            import base64
+
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            try:
+                raw = credentials.encode("latin-1")
+            except UnicodeEncodeError:
+                raw = credentials.encode("utf-8")
+            self._auth = "Basic " + base64.b64encode(raw).decode("ascii")
+            self._display = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query, ""))
+
+    # -- transport -----------------------------------------------------------------------------
 
     @property
-    def session(self):
-        """The `requests.Session`, created (and `requests` imported) on first use."""
-        if self._session is None:
+    def transport(self):
+        """The `transport.Transport` (pool of keep-alive connections), created on first use."""
+        if self._transport is None:
             with self._lock:
-                if self._session is None:
-                    import requests
+                if self._transport is None:
+                    from .transport import Transport
 
-                    session = requests.Session()
-                    session.headers["User-Agent"] = USER_AGENT
-                    session.headers["Accept"] = "*/*"
-                    # The client certificate goes to https masters only (§1.3).
-                    if self.https and self.cert_file:
-                        session.cert = (self.cert_file, self.key_file)
-                    if self.insecure:
-                        session.verify = False
-                    elif self.master_ca_file:
-                        session.verify = self.master_ca_file
-                    else:
-                        session.verify = True
-                    # The master decides; environment proxies and netrc must not change the target.
-                    session.trust_env = False
-                    self._session = session
-        return self._session
+                    context = self._ssl_context() if self.https else None
+                    self._transport = Transport(self.host, self.port, self.timeout, context)
+        return self._transport
+
+    def _ssl_context(self):
+        import ssl
+
+        try:
+            if self.insecure:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            else:
+                # verification on, host name checked; cafile alone replaces the system CAs
+                context = ssl.create_default_context(cafile=self.master_ca_file or _fallback_cafile(ssl))
+        except (ssl.SSLError, OSError) as e:
+            raise ConnectionError(
+                f"{self._display}: cannot load master_ca_file {self.master_ca_file} ({_short(e)}); it must be "
+                f"a readable PEM file holding the CA that signed the master's certificate",
+                url=self._display,
+            ) from None
+        if self.cert_file:
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file)
+            except (ssl.SSLError, OSError) as e:
+                raise ConnectionError(
+                    f"{self._display}: cannot load the client certificate (cert_file {self.cert_file}, key_file "
+                    f"{self.key_file}: {_short(e)}); they must be readable PEM files and the key must match "
+                    f"the certificate",
+                    url=self._display,
+                ) from None
+        return context
 
     def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        """Close the idle connections; the connection stays usable (a later call reconnects)."""
+        if self._transport is not None:
+            self._transport.close()
 
     def url(self, endpoint: str) -> str:
-        return self.master_url + endpoint.lstrip("/")
+        return self._display + endpoint.lstrip("/")
 
     # -- calls ---------------------------------------------------------------------------------
 
     def get(self, endpoint: str, params: Mapping[str, Any] | None = None) -> bytes:
         """GET `<master>/<endpoint>?params`; never carries the partition header (§1.2)."""
         query = {k: str(v) for k, v in (params or {}).items() if v is not None}
-        return self._call("GET", endpoint, params=query)
+        return self._call("GET", endpoint, query, None)
 
     def post(
         self,
@@ -161,58 +222,96 @@ class Connection:
             k: "None" if v is None else v if isinstance(v, (str, bytes)) else str(v)
             for k, v in (data or {}).items()
         }
-        headers = partition_header(*partition) if partition else None
-        return self._call("POST", endpoint, data=form, headers=headers)
+        return self._call("POST", endpoint, form, partition)
 
-    def _call(self, method: str, endpoint: str, **kwargs) -> bytes:
-        import requests
-
+    def _call(self, method: str, endpoint: str, fields: dict, partition: tuple[str, str] | None) -> bytes:
         url = self.url(endpoint)
-        session = self.session
-        try:
-            response = session.request(method, url, timeout=self.timeout, **kwargs)
-        except requests.exceptions.SSLError as e:
-            raise ConnectionError(self._tls_advice(url, e), url=url) from None
-        except requests.exceptions.Timeout:
-            raise ConnectionError(
-                f"{method} {url}: no answer within {self.timeout:g} s; check that the master is up "
-                f"and reachable, or raise the timeout",
-                url=url,
-            ) from None
-        except requests.exceptions.ConnectionError as e:
-            raise ConnectionError(
-                f"{method} {url}: cannot connect to the master ({_short(e)}); check master_url and that "
-                f"the master (or `slapos proxy start`) is running",
-                url=url,
-            ) from None
-        except (requests.exceptions.RequestException, OSError) as e:
-            raise ConnectionError(
-                f"{method} {url}: request failed ({_short(e)}); check master_url and the key/certificate files",
-                url=url,
-            ) from None
-        status = response.status_code
-        if 200 <= status < 300:
-            return response.content
-        raise self._error(method, url, status, response.content, kwargs)
+        target = self._prefix + endpoint.lstrip("/")
+        headers = {
+            "User-Agent": USER_AGENT,
+            "Accept-Encoding": "gzip, deflate",
+            "Accept": "*/*",
+            "Connection": "keep-alive",
+        }
+        body = None
+        if method == "GET":
+            if fields:
+                target += "?" + encode_form(fields)
+        elif fields:
+            body = encode_form(fields).encode("ascii")
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        # (a POST without fields goes out with `Content-Length: 0` and no Content-Type, as before)
+        if partition:
+            # the protocol's identity header; URL credentials cannot share the Authorization header
+            headers.update(partition_header(*partition))
+        elif self._auth:
+            headers["Authorization"] = self._auth
+        transport = self.transport
+        from .transport import TransportError
 
-    def _tls_advice(self, url: str, error: Exception) -> str:
+        try:
+            response = transport.request(method, target, body, headers)
+        except TransportError as e:
+            if e.kind == "invalid":
+                raise BadRequestError(
+                    f"{method} {url}: request not sent, it is invalid ({_short(e.cause)}); check the "
+                    f"computer and partition ids (no control characters)",
+                    url=url,
+                ) from None
+            raise ConnectionError(self._network_advice(method, url, e), url=url) from None
+        status = response.status
+        if 200 <= status < 300:
+            return response.body
+        raise self._error(method, url, status, response.body, fields)
+
+    def _network_advice(self, method: str, url: str, error) -> str:
+        """One line: what failed on the way to the master, and what to check."""
+        cause = error.cause
+        text = _short(cause) if isinstance(cause, BaseException) else str(cause)
+        kind = error.kind
+        if kind == "timeout":
+            return (f"{method} {url}: no answer within {self.timeout:g} s; check that the master is up "
+                    f"and reachable, or raise the timeout")
+        if kind == "tls":
+            return self._tls_advice(url, cause)
+        if kind == "dns":
+            return (f"{method} {url}: cannot connect to the master: cannot resolve its host name {self.host!r} "
+                    f"({text}); check master_url and the DNS")
+        if kind == "connect":
+            return (f"{method} {url}: cannot connect to the master ({text}); check master_url and that "
+                    f"the master (or `slapos proxy start`) is running")
+        if kind == "closed":
+            hint = (" (an https master also does this when it refuses our client certificate: check "
+                    "cert_file/key_file)") if self.https else ""
+            return (f"{method} {url}: the master closed the connection without answering ({text}){hint}; "
+                    f"check that the master is up and see its log")
+        if kind == "too-large":
+            return f"{method} {url}: the master's answer is too large ({text}); check master_url"
+        # protocol, decode
+        return (f"{method} {url}: the master's answer is not valid HTTP ({text}); check master_url "
+                f"(is it a SlapOS master?) and any proxy in between")
+
+    def _tls_advice(self, url: str, error: BaseException) -> str:
         text = _short(error)
-        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        verify_message = getattr(error, "verify_message", None)
+        if verify_message or "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
             where = (
                 f"the CA in master_ca_file ({self.master_ca_file})"
                 if self.master_ca_file
                 else "the system CAs (set master_ca_file to the CA that signed the master's certificate)"
             )
             return f"{url}: the master's TLS certificate could not be verified against {where}: {text}"
+        if "WRONG_VERSION_NUMBER" in text:
+            return (f"{url}: TLS handshake failed ({text}): the master does not speak TLS on this port; "
+                    f"check the scheme of master_url (http:// or https://) and its port")
         return (
             f"{url}: TLS handshake failed ({text}); check cert_file/key_file (the client certificate "
             f"the master expects) and master_ca_file"
         )
 
     @staticmethod
-    def _error(method: str, url: str, status: int, body: bytes, kwargs: dict) -> Exception:
+    def _error(method: str, url: str, status: int, body: bytes, fields: Mapping[str, Any]) -> Exception:
         reason = _reason(body)
-        fields = kwargs.get("params") or kwargs.get("data") or {}
         # name the identifying fields, never the (possibly large or secret) parameter documents
         ids = ", ".join(
             f"{k}={v}" for k, v in fields.items()
@@ -248,18 +347,29 @@ class Connection:
         )
 
 
-def _short(error: Exception) -> str:
-    """The root cause of a requests/urllib3 error, without the nested wrapper reprs."""
-    text = " ".join(str(error).split())
-    match = re.search(r"\[SSL: [A-Z0-9_]+\] [^()'\"]+", text)
-    if match:
-        return match.group(0).strip()
-    match = re.search(r"SSL\w*Error\(\d+, '([^']+?)(?: \(_ssl\.c:\d+\))?'", text)
-    if match:
-        return match.group(1).strip()
-    match = re.search(r"\[Errno -?\d+\] [^'\")\]]+", text)
-    if match:
-        return match.group(0).strip()
-    if "Name or service not known" in text or "nodename nor servname" in text:
-        return "host name not found"
+def _fallback_cafile(ssl) -> str | None:
+    """None when OpenSSL has a CA store (the system's, or SSL_CERT_FILE/SSL_CERT_DIR); else the
+    certifi bundle if installed (what `requests` used), so a node without the ca-certificates
+    package still verifies a master with a public certificate."""
+    paths = ssl.get_default_verify_paths()
+    if paths.cafile and os.path.isfile(paths.cafile):
+        return None
+    if paths.capath and os.path.isdir(paths.capath):
+        with os.scandir(paths.capath) as entries:
+            if any(True for _ in entries):
+                return None
+    try:
+        import certifi
+    except ImportError:
+        return None
+    return certifi.where()
+
+
+def _short(error: BaseException) -> str:
+    """The cause of a network or TLS failure in a few words (without the ssl module's file:line)."""
+    verify_message = getattr(error, "verify_message", None)
+    if verify_message:
+        return f"certificate verify failed: {verify_message}"
+    text = " ".join(str(error).split()) or type(error).__name__
+    text = re.sub(r"\s*\(_ssl\.c:\d+\)", "", text)
     return text[:_MAX_REASON]

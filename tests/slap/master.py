@@ -6,6 +6,7 @@ It is a stand-in for a *remote* master only; tests against our proxy use the pro
 """
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 import time
@@ -27,6 +28,7 @@ class Received:
     body: bytes
     client_port: int
     peer_certificate: dict | None = None
+    target: str = ""  # the raw request target (path and query as sent)
 
 
 @dataclass
@@ -34,6 +36,8 @@ class Answer:
     status: int = 200
     body: bytes | str = b""
     delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)  # extra headers (Content-Encoding, ...)
+    hang_up: bool = False  # close the connection after answering, without `Connection: close`
 
 
 @dataclass
@@ -47,10 +51,13 @@ class LoopbackMaster:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
+        if ":" in host:
+            host = f"[{host}]"
         return f"{self.scheme}://{host}:{port}/"
 
-    def answer(self, endpoint: str, body: bytes | str = b"", status: int = 200, delay: float = 0.0) -> None:
-        self.answers[endpoint] = Answer(status, body, delay)
+    def answer(self, endpoint: str, body: bytes | str = b"", status: int = 200, delay: float = 0.0,
+               headers: dict[str, str] | None = None, hang_up: bool = False) -> None:
+        self.answers[endpoint] = Answer(status, body, delay, dict(headers or {}), hang_up)
 
     def answer_with(self, endpoint: str, function: Callable[[Received], Answer]) -> None:
         self.answers[endpoint] = function
@@ -90,6 +97,7 @@ def _handler(master_ref: list[LoopbackMaster]):
                 body=body,
                 client_port=self.client_address[1],
                 peer_certificate=peer,
+                target=self.path,
             )
             master.requests.append(received)
             answer = master.answers.get(received.endpoint)
@@ -104,8 +112,12 @@ def _handler(master_ref: list[LoopbackMaster]):
                 self.send_response(answer.status)
                 self.send_header("Content-Type", "text/html; charset=utf-8")
                 self.send_header("Content-Length", str(len(payload)))
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(payload)
+                if answer.hang_up:
+                    self.close_connection = True
             except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
                 pass
 
@@ -122,9 +134,13 @@ class _QuietServer(ThreadingHTTPServer):
         """Failed TLS handshakes are expected in the https tests: no traceback on stderr."""
 
 
-def start_master(ssl_context: ssl.SSLContext | None = None) -> LoopbackMaster:
+class _QuietServer6(_QuietServer):
+    address_family = socket.AF_INET6
+
+
+def start_master(ssl_context: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> LoopbackMaster:
     ref: list[LoopbackMaster] = []
-    server = _QuietServer(("127.0.0.1", 0), _handler(ref))
+    server = (_QuietServer6 if ":" in host else _QuietServer)((host, 0), _handler(ref))
     if ssl_context is not None:
         server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

@@ -116,14 +116,14 @@ def test_post_without_partition_has_no_authorization(master):
     assert "Authorization" not in master.requests[0].headers
 
 
-def test_one_session_is_reused_across_calls(master):
+def test_one_connection_is_reused_across_calls(master):
     master.answer("getHateoasUrl", "x")
     connection = Connection(master.url)
     for _ in range(5):
         connection.get("getHateoasUrl")
     ports = {r.client_port for r in master.requests}
     assert len(master.requests) == 5
-    assert len(ports) == 1, "each call opened a new TCP connection: the session is not reused"
+    assert len(ports) == 1, "each call opened a new TCP connection: keep-alive is not used"
 
 
 def test_master_url_under_a_path_prefix(master):
@@ -159,19 +159,25 @@ def test_missing_certificate_files_are_named(tmp_path):
         Connection("https://127.0.0.1/", key_file=__file__)
 
 
-def test_requests_is_not_imported_before_the_first_call():
+def test_http_client_is_not_imported_before_the_first_call(master):
+    """Importing and connecting stay cheap; and `requests`/`urllib3` are never imported, even by calls."""
     import subprocess
     import sys
 
+    master.answer("getHateoasUrl", "ok")
     code = (
         "import sys\n"
         "from slapos.slap import slap\n"
-        "s = slap(); s.initializeConnection('http://127.0.0.1:9/')\n"
+        f"s = slap(); s.initializeConnection({master.url!r})\n"
         "c = s.registerComputer('C'); p = s.registerComputerPartition('C', 'slappart0')\n"
-        "print('requests' in sys.modules, 'lxml.etree' in sys.modules)\n"
+        "print('http.client' in sys.modules, 'lxml.etree' in sys.modules)\n"
+        "assert s.getHateoasUrl() == 'ok'\n"
+        "print('http.client' in sys.modules, 'requests' in sys.modules, 'urllib3' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "False"]
+    before, after = out.splitlines()
+    assert before.split() == ["False", "False"]
+    assert after.split() == ["True", "False", "False"]
 
 
 # -- TLS ----------------------------------------------------------------------------------------
@@ -224,4 +230,5 @@ def test_client_certificate_is_not_sent_over_plain_http(master, pki):
     master.answer("getHateoasUrl", "ok")
     connection = Connection(master.url, key_file=pki.client_key, cert_file=pki.client_cert)
     assert connection.get("getHateoasUrl") == b"ok"
-    assert connection.session.cert is None
+    assert connection.transport.ssl_context is None  # no TLS at all, so no certificate either
+    assert master.requests[0].peer_certificate is None

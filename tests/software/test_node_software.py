@@ -102,13 +102,13 @@ def test_develop_rebuilds_a_completed_release(shared_node):
 
 NOOP_PROBE = """
 import json, sys
-import requests.sessions
+import slapos.slap.connection as slap_connection
 calls = []
-original = requests.sessions.Session.request
-def counting(self, method, url, *args, **kwargs):
-    calls.append(f"{method} {url}")
-    return original(self, method, url, *args, **kwargs)
-requests.sessions.Session.request = counting
+original = slap_connection.Connection._call
+def counting(self, method, endpoint, *args, **kwargs):
+    calls.append(f"{method} {self.url(endpoint)}")
+    return original(self, method, endpoint, *args, **kwargs)
+slap_connection.Connection._call = counting
 from slapos.cli.main import main
 code = main(sys.argv[1:])
 heavy = [m for m in ("zc.buildout", "slapos.grid.buildout", "slapos.grid.cache", "psutil", "cryptography")
