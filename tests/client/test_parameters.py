@@ -181,4 +181,6 @@ def test_request_with_parameter_files(client, tmp_path):
     result = client.run("request", "b", str(bare), "--parameters-file", str(params))
     assert result.returncode == 1
     assert "--force-serialisation" in one_line_error(result)
-    assert "b" not in client.run("list").stdout
+    listed = json.loads(client.run("list", "--format", "json").stdout)
+    names = [entry["name"] for entry in listed]
+    assert "x" in names and "b" not in names
