@@ -9,14 +9,23 @@
   ≤ 3 ms, 1000 ≤ 30 ms (reference: 27 ms for 100). Reported twice: `repeat` (unchanged computer,
   the node's steady state) and `changed` (a write happened just before each call, so the
   document is rebuilt and encoded every time).
-* concurrency: 8 client processes on the update path (each its own instance) against 1; target
-  ≥ 3× the single-client throughput.
+* concurrency: 8 clients on the update path against 1; target ≥ 3× the single-client
+  throughput. Measured twice:
+  - with Python client processes (`http.client`), as before: on a 2-core machine these clients
+    eat about as much CPU as the server, so this figure mostly says how the machine is shared;
+  - with `wrk` (a C load generator, `apt-get install wrk`; skipped with a note when missing): one
+    wrk thread with 1 connection, then with 8, posting pre-encoded requests for 8 instances in
+    turn. For our own proxy this is run once per `--workers` count (the proxy is restarted on
+    the same database), and the proxy's CPU time per request is printed with the ceiling it
+    implies: 8 connections can at best keep every core busy, so their rate is at most
+    cores ÷ (CPU per request), and the ratio to one connection at most that over the 1-connection rate.
 
 Without --url the bench starts our proxy (`slapos proxy start`, a subprocess) on a temporary
 database; with --url it drives another proxy (e.g. the reference one) the same way, for a
 side-by-side run. Figures vary with the machine: run it on an otherwise idle one.
 
     .venv/bin/python bench/proxy.py [--url http://127.0.0.1:8080/] [--sizes 10,100,1000] [--quick]
+                                    [--workers 1,2]
 """
 from __future__ import annotations
 
@@ -24,6 +33,8 @@ import argparse
 import http.client
 import multiprocessing
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -192,7 +203,86 @@ def bench_concurrency(url: str, computer_id: str, run: str, duration: float) -> 
           f"({eight / one:.2f}×; target ≥ 3×; {os.cpu_count()} cores shared by server and clients)")
 
 
-def start_own_proxy(directory: Path) -> tuple[str, subprocess.Popen]:
+LUA = """-- requestComputerPartition of {count} instances in turn, bodies encoded beforehand
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+local path = "{path}"
+local bodies = {{
+{bodies}
+}}
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, path, nil, bodies[(n % #bodies) + 1])
+end
+"""
+
+
+def wrk_script(directory: Path, url: str, bodies: list[bytes]) -> Path:
+    # urlencoded bodies hold no ']' (it is %5D), so a long bracket string quotes them as they are
+    lua = LUA.format(
+        count=len(bodies), path=urlsplit(url).path.rstrip("/") + "/requestComputerPartition",
+        bodies="\n".join(f"  [==[{body.decode('ascii')}]==]," for body in bodies),
+    )
+    script = directory / "update.lua"
+    script.write_text(lua)
+    return script
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time of a process and its children (the proxy and its workers)."""
+    if pid is None:
+        return 0.0
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        total = 0.0
+        for proc in [process, *process.children(recursive=True)]:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        return total
+    except psutil.Error:
+        return 0.0
+
+
+def wrk_rate(url: str, script: Path, connections: int, duration: float, pid: int | None) -> tuple[float, float]:
+    """(requests per second, proxy CPU seconds per request) of one wrk run."""
+    before = cpu_seconds(pid)
+    result = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "-s", str(script), url],
+        capture_output=True, text=True, timeout=duration + 60,
+    )
+    after = cpu_seconds(pid)
+    out = result.stdout
+    total = re.search(r"(\d+) requests in", out)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if result.returncode != 0 or not total or not rate:
+        raise SystemExit(f"wrk failed ({result.returncode}): {(out + result.stderr)[-500:]}")
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    if bad or errors:
+        raise SystemExit(f"wrk: the proxy did not answer every request with 200: {(bad or errors).group(0)}")
+    count = int(total.group(1))
+    return float(rate.group(1)), (after - before) / count if pid is not None else 0.0
+
+
+def bench_wrk(url: str, script: Path, duration: float, pid: int | None, label: str) -> float:
+    one, cpu_one = wrk_rate(url, script, 1, duration, pid)
+    eight, cpu_eight = wrk_rate(url, script, 8, duration, pid)
+    cores = os.cpu_count() or 1
+    print(f"update path, wrk (C client){label}: 1 connection → {one:.0f} calls/s ({ms(1 / one)} each), "
+          f"8 → {eight:.0f} calls/s ({eight / one:.2f}×; target ≥ 3×)", flush=True)
+    if pid is not None and cpu_one > 0 and cpu_eight > 0:
+        busy = one * cpu_one  # cores the proxy keeps busy for a single connection
+        print(f"    proxy CPU per call: {cpu_one * 1e6:.0f} µs with 1 connection, which keeps {busy:.0%} of a core "
+              f"busy (so {cores} cores allow at most {cores / busy:.2f}× even with no overhead); "
+              f"{cpu_eight * 1e6:.0f} µs with 8 (so {cores} cores cap them at {cores / cpu_eight:.0f} calls/s, "
+              f"{cores / cpu_eight / one:.2f}×)", flush=True)
+    return eight / one
+
+
+def start_own_proxy(directory: Path, workers: int = 1, threads: int | None = None) -> tuple[str, subprocess.Popen]:
     import socket
 
     with socket.socket() as s:
@@ -201,7 +291,8 @@ def start_own_proxy(directory: Path) -> tuple[str, subprocess.Popen]:
     config = directory / "slapos.cfg"
     config.write_text(
         f"[slapos]\ncomputer_id = BENCH-10\n[slapproxy]\nhost = 127.0.0.1\nport = {port}\n"
-        f"database_uri = {directory / 'proxy.db'}\n"
+        f"database_uri = {directory / 'proxy.db'}\nworkers = {workers}\n"
+        + (f"threads = {threads}\n" if threads else "")
     )
     log = open(directory / "proxy.log", "wb")
     process = subprocess.Popen(
@@ -227,17 +318,23 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=3000, help="update-path calls (default 3000)")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per concurrency run")
     parser.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
+    parser.add_argument(
+        "--workers", default="1,2",
+        help="worker process counts of our proxy for the wrk runs (default 1,2; the other figures use the first)",
+    )
+    parser.add_argument("--threads", type=int, help="threads per worker of our proxy (default: the proxy's, 8)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    worker_counts = [int(w) for w in args.workers.split(",") if w] or [1]
     run = f"r{int(time.time())}"  # fresh titles: the bench may be run twice against one proxy
     process = None
     with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp:
         if args.url:
             url = args.url if args.url.endswith("/") else args.url + "/"
         else:
-            url, process = start_own_proxy(Path(tmp))
+            url, process = start_own_proxy(Path(tmp), worker_counts[0], args.threads)
         try:
-            print(f"proxy: {url}{'' if args.url else ' (ours, started for this run)'}")
+            print(f"proxy: {url}{'' if args.url else f' (ours, started for this run, {worker_counts[0]} worker(s))'}")
             client = Client(url)
             for size in sizes:
                 prepare(client, f"BENCH-{size}", size, run)
@@ -245,8 +342,25 @@ def main() -> int:
             bench_update_path(client, smallest, run, 300 if args.quick else args.count)
             for size in sizes:
                 bench_full_information(client, f"BENCH-{size}", size, run, args.quick)
-            bench_concurrency(url, smallest if sizes[0] >= 8 else f"BENCH-{max(sizes)}", run,
-                              1.0 if args.quick else args.duration)
+            concurrent_computer = smallest if sizes[0] >= 8 else f"BENCH-{max(sizes)}"
+            duration = 1.0 if args.quick else args.duration
+            bench_concurrency(url, concurrent_computer, run, duration)
+            if shutil.which("wrk") is None:
+                print("update path, wrk (C client): skipped, wrk is not installed (apt-get install wrk); "
+                      "the figure above used Python clients sharing the cores with the proxy")
+                return 0
+            bodies = [request_body(f"{run}-{concurrent_computer}-{i}", concurrent_computer) for i in range(8)]
+            script = wrk_script(Path(tmp), url, bodies)
+            if args.url:
+                bench_wrk(url, script, duration, None, "")
+                return 0
+            for index, workers in enumerate(worker_counts):
+                if index:  # the same database, served by another number of processes
+                    process.terminate()
+                    process.wait(30)
+                    url, process = start_own_proxy(Path(tmp), workers, args.threads)
+                    script = wrk_script(Path(tmp), url, bodies)
+                bench_wrk(url, script, duration, process.pid, f", {workers} worker(s)")
         finally:
             if process is not None:
                 process.terminate()

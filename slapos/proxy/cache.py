@@ -13,6 +13,7 @@ held in memory; directory files are replaced atomically. Node side: slapos/grid/
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -177,7 +178,7 @@ class CacheServer:
         sha512 = json.loads(entry[0])["sha512"]
         if not (self.content / sha512).is_file():
             raise HTTPError("400 Bad Request", f"entry names content {sha512[:16]}… that this cache does not hold")
-        with self._lock:
+        with self._lock, _locked_directory(self.metadata):
             try:
                 entries = json.loads(path.read_bytes())
             except FileNotFoundError:
@@ -190,6 +191,22 @@ class CacheServer:
             os.replace(tmp, path)
         log.info("binary cache: entry added for %s", key)
         return self._text(start_response, "201 Created", "stored")
+
+
+class _locked_directory:
+    """An flock on the directory itself: the worker processes of one proxy (`[slapproxy]
+    workers`) may add entries to one key at once, and each rewrites the whole file."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.directory, os.O_RDONLY | os.O_CLOEXEC)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)  # releases the lock
 
 
 def _parse_entry(body: bytes) -> list[str]:

@@ -17,6 +17,8 @@ log = logging.getLogger("slapos.proxy")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_THREADS = 8
+DEFAULT_WORKERS = 1  # one process: enough for the node and clients of one machine (docs/readme/proxy.md)
+MAX_WORKERS = 64
 DEFAULT_MAX_REQUEST_SIZE = 16 * 1024 * 1024  # a 3000-partition format document fits
 DEFAULT_COMPUTER_ID = "local_computer"
 
@@ -29,6 +31,8 @@ class ProxyConfig:
     port: int = DEFAULT_PORT
     allow_remote: bool = False
     threads: int = DEFAULT_THREADS
+    # server processes sharing the port and the database (server.WorkerPool)
+    workers: int = DEFAULT_WORKERS
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
     # product name -> software release URLs, best first (`product.<name>` aliases of the client)
     software_products: dict[str, list[str]] = field(default_factory=dict)
@@ -59,6 +63,7 @@ class ProxyConfig:
             port=cfg.get_int(s, "port", DEFAULT_PORT),
             allow_remote=cfg.get_bool(s, "allow_remote", False),
             threads=cfg.get_int(s, "threads", DEFAULT_THREADS),
+            workers=cfg.get_int(s, "workers", DEFAULT_WORKERS),
             max_request_size=cfg.get_int(s, "max_request_size", DEFAULT_MAX_REQUEST_SIZE),
             software_products=products,
             software_root=cfg.get_path("slapos", "software_root", None),
@@ -73,6 +78,8 @@ class ProxyConfig:
             raise ConfigError(f"[slapproxy] port {config.port} is not a TCP port (0-65535)")
         if config.threads < 1:
             raise ConfigError("[slapproxy] threads must be at least 1")
+        if not 1 <= config.workers <= MAX_WORKERS:
+            raise ConfigError(f"[slapproxy] workers must be between 1 and {MAX_WORKERS} (processes), not {config.workers}")
         if config.max_request_size < 1024:
             raise ConfigError("[slapproxy] max_request_size must be at least 1024 bytes")
         _warn_unsupported(cfg)

@@ -239,7 +239,9 @@ class DocumentCache:
     """Encoded documents keyed by what they describe, valid for one database generation.
 
     The generation is read *before* the snapshot the document is built from: a write committed
-    meanwhile bumps it, so the entry is born stale rather than serving old data as new."""
+    meanwhile bumps it, so the entry is born stale rather than serving old data as new. With
+    several worker processes the generation lives in shared memory (`db.ProcessGate`): a write
+    served by one worker invalidates the entries of every worker."""
 
     MAX_ENTRIES = 100_000
 
