@@ -98,13 +98,18 @@ class NodeSettings:
 
     def connect(self):
         """A `slapos.slap.slap` connected to the master with the node's identity."""
-        from slapos.slap import slap
+        return connect(self.master_url, self.key_file, self.cert_file, self.master_ca_file)
 
-        connection = slap()
-        connection.initializeConnection(
-            self.master_url,
-            key_file=str(self.key_file) if self.key_file else None,
-            cert_file=str(self.cert_file) if self.cert_file else None,
-            master_ca_file=str(self.master_ca_file) if self.master_ca_file else None,
-        )
-        return connection
+
+def connect(master_url: str, key_file=None, cert_file=None, master_ca_file=None):
+    """A `slapos.slap.slap` connected to `master_url` with the given identity (paths or None)."""
+    from slapos.slap import slap
+
+    def text(path):
+        return str(path) if path else None
+
+    connection = slap()
+    connection.initializeConnection(
+        master_url, key_file=text(key_file), cert_file=text(cert_file), master_ca_file=text(master_ca_file)
+    )
+    return connection

@@ -78,16 +78,9 @@ class ClientSettings:
 
     def connect(self):
         """A `slapos.slap.slap` connected to the master with the user's identity."""
-        from slapos.slap import slap
+        from slapos.base.settings import connect
 
-        connection = slap()
-        connection.initializeConnection(
-            self.master_url,
-            key_file=str(self.key_file) if self.key_file else None,
-            cert_file=str(self.cert_file) if self.cert_file else None,
-            master_ca_file=str(self.master_ca_file) if self.master_ca_file else None,
-        )
-        return connection
+        return connect(self.master_url, self.key_file, self.cert_file, self.master_ca_file)
 
 
 def _certificate_path(config: Config, key: str, override: str | None = None) -> Path | None:
