@@ -270,7 +270,7 @@ class ForkServer:
         max_output: int = 1 << 20,
     ):
         """Run buildout with `args` in a forked child; a `slapos.grid.process.Result`."""
-        from .process import ProcessTimeout, Result, kill_tree
+        from .process import ProcessTimeout, Result, kill_tree, pump_output
 
         self.start()
         start = time.monotonic()
@@ -295,35 +295,8 @@ class ForkServer:
             finally:
                 os.close(write_fd)
         log = open(log_file, "ab") if log_file else None
-        chunks: list[bytes] = []
-        size = 0
-        pending = b""
         try:
-            with selectors.DefaultSelector() as sel:
-                sel.register(read_fd, selectors.EVENT_READ)
-                while True:
-                    wait = None if deadline is None else deadline - time.monotonic()
-                    if wait is not None and wait <= 0:
-                        raise TimeoutError
-                    if not sel.select(wait):
-                        continue
-                    data = os.read(read_fd, 65536)
-                    if not data:
-                        break
-                    if log:
-                        log.write(data)
-                        log.flush()
-                    chunks.append(data)
-                    size += len(data)
-                    while size > max_output * 2 and len(chunks) > 1:
-                        size -= len(chunks.pop(0))
-                    if on_line:
-                        pending += data
-                        *lines, pending = pending.split(b"\n")
-                        for line in lines:
-                            on_line(line.decode("utf-8", "replace"))
-            if on_line and pending:
-                on_line(pending.decode("utf-8", "replace"))
+            output = pump_output(read_fd, deadline, log, on_line, max_output)
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not waiter.event.wait(wait):
                 raise TimeoutError
@@ -345,8 +318,8 @@ class ForkServer:
             if log:
                 log.close()
             self._waiters.pop(request["id"], None)
-        output = b"".join(chunks)[-max_output:].decode("utf-8", "replace")
-        return Result(waiter.status if waiter.status is not None else 1, output, time.monotonic() - start)
+        status = waiter.status if waiter.status is not None else 1
+        return Result(status, output.decode("utf-8", "replace"), time.monotonic() - start)
 
 
 def main(argv: list[str] | None = None) -> int:

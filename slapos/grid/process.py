@@ -158,6 +158,46 @@ class Result:
         return "\n".join(self.output.splitlines()[-lines:])
 
 
+def pump_output(
+    fd: int,
+    deadline: float | None,
+    log=None,
+    on_line: Callable[[str], None] | None = None,
+    max_output: int = 1 << 20,
+) -> bytes:
+    """Read a child's output until EOF: copied to `log` as it comes, split into lines for
+    `on_line`, and the last `max_output` bytes returned. TimeoutError at `deadline`."""
+    chunks: list[bytes] = []
+    size = 0
+    pending = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                raise TimeoutError
+            if not sel.select(wait):
+                continue
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            if log:
+                log.write(data)
+                log.flush()
+            chunks.append(data)
+            size += len(data)
+            while size > max_output * 2 and len(chunks) > 1:
+                size -= len(chunks.pop(0))
+            if on_line:
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    on_line(line.decode("utf-8", "replace"))
+    if on_line and pending:
+        on_line(pending.decode("utf-8", "replace"))
+    return b"".join(chunks)[-max_output:]
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -193,42 +233,15 @@ def run(
         if log:
             log.close()
         raise SlapOSError(f"cannot run {argv[0]}: {e.strerror}") from None
-    chunks: list[bytes] = []
-    size = 0
     deadline = start + timeout if timeout else None
+    output = b""
     try:
         if capture:
             assert proc.stdout is not None
-            sel = selectors.DefaultSelector()
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            pending = b""
-            while True:
-                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if deadline is not None and wait == 0.0:
-                    raise subprocess.TimeoutExpired(argv, timeout or 0)
-                if not sel.select(wait):
-                    continue
-                data = os.read(proc.stdout.fileno(), 65536)
-                if not data:
-                    break
-                if log:
-                    log.write(data)
-                    log.flush()
-                chunks.append(data)
-                size += len(data)
-                while size > max_output * 2 and len(chunks) > 1:
-                    size -= len(chunks.pop(0))
-                if on_line:
-                    pending += data
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        on_line(line.decode("utf-8", "replace"))
-            sel.close()
-            if on_line and pending:
-                on_line(pending.decode("utf-8", "replace"))
+            output = pump_output(proc.stdout.fileno(), deadline, log, on_line, max_output)
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         returncode = proc.wait(remaining)
-    except subprocess.TimeoutExpired:
+    except (subprocess.TimeoutExpired, TimeoutError):
         kill_tree(proc.pid)
         proc.wait()
         raise ProcessTimeout(f"{Path(argv[0]).name} timed out after {timeout:g} s and was killed") from None
@@ -241,5 +254,4 @@ def run(
             proc.stdout.close()
         if log:
             log.close()
-    output = b"".join(chunks)[-max_output:].decode("utf-8", "replace")
-    return Result(returncode, output, time.monotonic() - start)
+    return Result(returncode, output.decode("utf-8", "replace"), time.monotonic() - start)
