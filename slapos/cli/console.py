@@ -8,6 +8,7 @@ file (`~/.slapos/console_history`); IPython or bpython are used when installed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import sys
@@ -133,10 +134,9 @@ def _setup_readline(namespace: dict[str, Any]) -> Path | None:
     else:
         readline.parse_and_bind("tab: complete")
     history = Path(os.path.expanduser(HISTORY_FILE))
-    try:
+    # first session, or unreadable: start with an empty history
+    with contextlib.suppress(OSError):
         readline.read_history_file(history)
-    except OSError:
-        pass  # first session, or unreadable: start with an empty history
     readline.set_history_length(1000)
     return history
 
@@ -146,12 +146,11 @@ def _save_history(history: Path | None) -> None:
         return
     import readline
 
-    try:
+    # a read-only home must not turn a clean exit into an error
+    with contextlib.suppress(OSError):
         history.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         readline.write_history_file(history)
         os.chmod(history, 0o600)
-    except OSError:
-        pass  # a read-only home must not turn a clean exit into an error
 
 
 def interact(shell: str | None, namespace: dict[str, Any], text: str) -> int:
