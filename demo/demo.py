@@ -5,12 +5,13 @@ It drives the real `slapos` command (.venv/bin/slapos) the way a user would, pri
 and its output like a tutorial:
 
     configure a node in demo/run (proxy, format, supervisord) -> supply hello-web -> build it ->
-    request an instance -> deploy it until its promise passes -> fetch its URL -> show the node
+    request an instance -> deploy it (`slapos node instance`) -> fetch its URL -> show the node
 
 Everything lives in the run directory (default demo/run, or --run-dir): configuration, proxy
 database, software, partitions, logs, and the HOME of the commands (so ~/.slapos is left alone).
-Running it again reuses what runs and skips what is done. `--stop` (`make demo-stop`) stops, by
-pid, what it started (supervisord with its programs, the proxy) and leaves the directory.
+Running it again reuses what runs and skips what is done. `--stop` (`make demo-stop`) stops what
+it started — supervisord with its programs (`slapos node supervisorctl shutdown`: all at once; a
+signal by pid if that fails), then the proxy by pid — and leaves the directory.
 
 As root it runs the node as an ordinary user: buildout never runs as root. The whole demo is
 re-executed as that user (`nobody`, or the owner of an existing run directory) with the run
@@ -48,7 +49,8 @@ PARTITIONS = 2
 DEFAULT_USER = "nobody"  # who runs the node when the demo is started as root
 
 STEP_TIMEOUT = 300.0  # a single slapos command; software builds of hello-web take about a second
-PROMISE_DEADLINE = 60.0  # how long the instance step may take to get its promise to pass
+DEPLOY_ATTEMPTS = 3  # `slapos node instance` runs before the demo gives up on the deployment
+DEPLOY_PAUSE = 2.0  # seconds between two of them
 STOP_WAIT = 30.0  # supervisord stops its programs before exiting
 
 
@@ -354,43 +356,31 @@ def connection_url(session: Session, info_output: str) -> str | None:
         return None
 
 
-def deploy(session: Session, services_down: bool) -> None:
-    """`node instance` until the instance's promise passes (`node promise` exit 0)."""
-    deadline = time.monotonic() + PROMISE_DEADLINE
-    if services_down:
-        out("supervisord was started again, with the services of the deployed instance stopped: --force "
-            "redeploys it so they start (as `slapos node boot` does after a reboot).")
-    result = session.slapos("node", "instance", "--now", *(["--force"] if services_down else []))
-    if result.ok and not result.output.strip():
-        out("(nothing printed: the partition is up to date, there was nothing to do)")
-    failures = 0
-    while True:
+def deploy(session: Session) -> None:
+    """`slapos node instance` until it exits 0, as cron would run it (a few attempts, not forever).
+
+    The node waits for the services it starts before checking their promises, and starts the
+    services of deployed partitions when supervisord was started again (e.g. by `configure local`
+    after `make demo-stop`): one run normally does it all."""
+    for attempt in range(1, DEPLOY_ATTEMPTS + 1):
+        result = session.slapos("node", "instance", "--now")
         if result.ok:
-            result = session.slapos("node", "promise")
-            if result.ok:
-                return
-            explanation = ("The promise fails although there was nothing to deploy (a service stopped?): "
-                           "deploy again, with --force:")
-        elif result.returncode == 2:
-            explanation = ("Exit code 2: deployed, but the promise failed (the service may still be starting). "
-                           "Again, with --force so that the back-off after a failure does not delay it:")
-        else:
-            failures += 1
-            explanation = "The deployment failed. Once more, with --force (no back-off):"
-        if result.returncode not in (1, 2) or failures > 2 or time.monotonic() > deadline:
-            session.slapos("node", "status", "--partitions")
-            raise DemoError(f"`slapos node instance` did not get the promise of {INSTANCE} to pass; see the "
-                            f"output above and {shown(session.run.instance_root())}/slappart*/.slapgrid/log/")
-        out(explanation)
-        time.sleep(1)
-        result = session.slapos("node", "instance", "--now", "--force")
+            if not result.output.strip():
+                out("(nothing printed: the partition is up to date, there was nothing to do)")
+            return
+        if attempt < DEPLOY_ATTEMPTS:
+            out(f"Exit code {result.returncode}: once more in {DEPLOY_PAUSE:.0f} s, as cron would "
+                f"(attempt {attempt + 1} of {DEPLOY_ATTEMPTS}):")
+            time.sleep(DEPLOY_PAUSE)
+    session.slapos("node", "status", "--partitions")
+    raise DemoError(f"`slapos node instance` did not deploy {INSTANCE} in {DEPLOY_ATTEMPTS} attempts (last exit "
+                    f"code {result.returncode}); see the output above and "
+                    f"{shown(session.run.instance_root())}/slappart*/.slapgrid/log/")
 
 
 def walk(session: Session, proxy_port: int, web_port: int, rewrite_config: bool) -> str:
     """The end-to-end path; returns the URL hello-web answered on. Raises Missing at a missing piece."""
     run = session.run
-    deployed_before = bool(run.load_state().get("deployed"))
-    supervisord_was_running = run.supervisord_pid() is not None
 
     session.header("Configure a standalone node: local proxy, partitions, supervisord")
     result = session.slapos(
@@ -422,8 +412,7 @@ def walk(session: Session, proxy_port: int, web_port: int, rewrite_config: bool)
         raise DemoError(f"`slapos request` failed (exit {result.returncode})")
 
     session.header("Deploy it: instance buildout, supervisord programs, promises")
-    deploy(session, services_down=deployed_before and not supervisord_was_running)
-    run.save_state(deployed=True)
+    deploy(session)
 
     session.header("Its connection parameters")
     url = connection_url(session, session.slapos("info", INSTANCE).output)
@@ -601,14 +590,57 @@ def _leftovers(run: RunDir) -> list[int]:
     return found
 
 
+def shutdown_supervisord(run: RunDir, pid: int) -> bool:
+    """`slapos node supervisorctl shutdown`: every program signalled at once, then supervisord
+    (a plain SIGTERM makes supervisord stop its groups one after the other, which is slow).
+    True when supervisord is gone; False means: fall back to the signal."""
+    import psutil
+
+    try:
+        main = psutil.Process(pid)
+        children = main.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return True
+    programs = ", ".join(f"{_short_name(p)} ({p.pid})" for p in children)
+    out(f"$ slapos node supervisorctl shutdown    # supervisord ({pid}) stops its programs at once"
+        + (f": {programs}" if programs else ""))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLAPOS_")}
+    env["HOME"] = str(run.home) if run.home.is_dir() else env.get("HOME", "/")
+    try:
+        result = subprocess.run(
+            [str(slapos_executable()), "node", "supervisorctl", "--cfg", str(run.config), "shutdown"],
+            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, errors="replace", timeout=STOP_WAIT + 10, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        out(f"  ({e}: stopping it with a signal instead)")
+        return False
+    for line in result.stdout.splitlines():
+        out(f"  {line}")
+    if result.returncode != 0 or not _gone(main):
+        out(f"  (exit code {result.returncode}: stopping supervisord with a signal instead)")
+        return False
+    return True
+
+
+def _gone(process) -> bool:
+    """Exited (a zombie counts: its parent, often init in a container, reaps it when it likes)."""
+    import psutil
+
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def stop(run: RunDir) -> int:
     if not run.root.is_dir():
         out(f"Nothing to stop: there is no {shown(run.root)}.")
         return 0
     targets = []
     supervisord = run.supervisord_pid()
-    if supervisord:
-        targets.append(("supervisord", supervisord))
+    if supervisord and not (run.config.is_file() and shutdown_supervisord(run, supervisord)):
+        targets.append(("supervisord", supervisord))  # the fast way failed: the signal
     proxy = run.proxy_pid()
     if proxy:
         targets.append(("the proxy", proxy))
@@ -620,7 +652,7 @@ def stop(run: RunDir) -> int:
         out(f"error: {problem}")
     if problems:
         return 1
-    if targets or leftovers:
+    if supervisord or targets or leftovers:
         out(f"Stopped; {shown(run.root)} is left for inspection (remove it to start afresh).")
     else:
         out(f"Nothing runs from {shown(run.root)}.")

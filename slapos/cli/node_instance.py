@@ -7,10 +7,12 @@ from .command import Command, add_cfg_argument, add_format_argument
 
 INSTANCE_DESCRIPTION = """\
 Ask the master what each partition of this computer must run, then deploy it: instance buildout as
-the partition user, programs of etc/run and etc/service under supervisord, promises, report.
+the partition user, programs of etc/run and etc/service under supervisord, promises (once the
+programs just started are up: [slapos] service_start_wait, promise_retry_delay), report.
 A partition the master asks nothing new of costs a few file reads (its promises are checked when
-their periodicity has come); one that keeps failing on the same inputs is retried with an
-exponential back-off (1 min to 1 h; --force or new inputs retry at once).
+their periodicity has come; its programs are started when supervisord was started anew); one that
+keeps failing on the same inputs is retried with an exponential back-off (1 min to 1 h; --force or
+new inputs retry at once).
 Exit codes: 0 all fine, 1 a partition failed, 2 only promises failed, 3 master unreachable
 (running services are left alone), 5 not root, 10 another run holds the lock."""
 

@@ -34,7 +34,10 @@ from typing import TYPE_CHECKING
 from slapos.base.errors import SlapOSError
 
 from . import tenantfs
-from .partition import Partition, PartitionError
+
+# The partition check lives in partition.py, shared with node instance and the watchdog (both
+# names stay importable from here).
+from .partition import NODE_DIRECTORIES, Partition, check_is_partition  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover
     from slapos.base.settings import NodeSettings
@@ -211,25 +214,6 @@ def _date(epoch: float) -> str:
         return datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="seconds")
     except (OverflowError, ValueError, OSError):
         return "further notice (the retention date is beyond the calendar)"
-
-
-# The node's own directories under instance_root (supervisord, logs, usage ledger): a master
-# naming one of them as a partition must not make us measure or empty it.
-NODE_DIRECTORIES = frozenset({"etc", "var", "bin", "sbin", "tmp", "run", "log", "lib"})
-
-
-def check_is_partition(partition: Partition) -> None:
-    """A partition of this computer: a real directory under instance_root (Partition checks the
-    id and that), not one of the node's own directories, and, when we are root, owned by its
-    partition user (never by root: format gives every partition to its user)."""
-    partition.check_exists()
-    if partition.id in NODE_DIRECTORIES:
-        raise PartitionError(f"refusing partition id {partition.id!r}: {partition.path} is the node's own directory")
-    if os.geteuid() == 0 and os.lstat(partition.path).st_uid == 0:
-        raise PartitionError(
-            f"{partition.id}: {partition.path} is owned by root, so it is not a formatted partition: refusing "
-            "to touch it (slapos node format gives each partition to its user)"
-        )
 
 
 # -- helpers also used by tests -------------------------------------------------------------

@@ -10,17 +10,20 @@ Run by cron every minute, on nodes with hundreds of partitions. One run, top to 
    failing on the same inputs: exponential back-off), or *to process*;
 4. process: partitions flow through a pipeline — their buildouts run side by side (`--jobs`,
    through a fork server that imports buildout once), supervisord takes their programs in
-   batches (one reload for every partition ready at that moment), then promises run and the
+   batches (one reload for every partition ready at that moment), then, once the programs just
+   (re)started have left STARTING (bounded by `[slapos] service_start_wait`), promises run (one
+   that fails right after a start is tried once more, `promise_retry_delay` later) and the
    master is told `started` / `stopped` / the error;
-5. check the promises of up-to-date started partitions whose periodicity has come, all side by
-   side;
+5. up-to-date started partitions: when supervisord is not the one a previous run checked (it was
+   started by `slapos node supervisord`, `configure local`, a reboot or a `reload`), start the
+   programs it never started; then check the promises whose periodicity has come, side by side;
 6. exit 0 (all fine), 1 (a partition failed), 2 (only promises failed), 3 (master unreachable).
 
 A partition that fails never stops the others: its error is reported to the master, kept in
 `<partition>/.slapgrid/state.json` and shown by `slapos node status --partitions`. Every file is
 written atomically, so a run killed at any point leaves nothing the next run cannot finish.
 The no-change path makes one request to the master, starts no process and does not talk to
-supervisord.
+supervisord (it reads supervisord's pidfile and /proc to know it is the one already checked).
 """
 from __future__ import annotations
 
@@ -47,6 +50,9 @@ log = logging.getLogger("slapos.instance")
 STARTED, STOPPED, DESTROYED = "started", "stopped", "destroyed"
 FINISH_WORKERS = 8  # partitions whose promises and reports run at once
 PROMISE_WORKERS = 16  # promise processes running at once
+SERVICE_START_WAIT = 5.0  # [slapos] service_start_wait: longest wait for programs to leave STARTING
+PROMISE_RETRY_DELAY = 1.0  # [slapos] promise_retry_delay: before retrying a promise failing after a start
+START_POLL = 0.1  # seconds between two looks at programs still starting
 
 # buildout.cfg = the software release's instance profile + this tail (SLAP-PROTOCOL §6.5)
 PROFILE_TAIL = """
@@ -172,6 +178,7 @@ class Job:
     error_offline: bool = False  # ... and that is why it failed
     fatal: list[str] = field(default_factory=list)  # services supervisord gave up on
     built: bool = False
+    starting: list[str] = field(default_factory=list)  # process names (re)started by this run
 
     @property
     def id(self) -> str:
@@ -203,6 +210,18 @@ class RunSummary:
         return EXIT_OK
 
 
+def _seconds(config, key: str, default: float) -> float:
+    """A duration of [slapos] (0 or more seconds); the default without a configuration."""
+    from slapos.base.errors import ConfigError
+
+    if config is None:
+        return default
+    value = config.get_float("slapos", key, default)
+    if value < 0:
+        raise ConfigError(f"{key} in [slapos] must be 0 or more seconds, not {value:g}")
+    return value
+
+
 def _is_offline_error(error: BaseException) -> bool:
     from slapos.slap.exceptions import ConnectionError as SlapConnectionError
     from slapos.slap.exceptions import ServerError
@@ -223,6 +242,13 @@ class InstanceRun:
         self._software_cache: dict[str, tuple[str, int | None]] = {}
         self._forkserver = None
         self._forkserver_lock = threading.Lock()
+        config = getattr(settings, "config", None)
+        self.start_wait = _seconds(config, "service_start_wait", SERVICE_START_WAIT)
+        self.retry_delay = _seconds(config, "promise_retry_delay", PROMISE_RETRY_DELAY)
+        # identities of the supervisord this run saw (see `revive`), and whether all is known well
+        self._seen_supervisord: set[str] = set()
+        self._supervisord_checked = True
+        self._remembered: str | None = None  # the identity already in supervisord.checked
 
     # -- the run, top to bottom --------------------------------------------------------------------
     def run(self) -> int:
@@ -240,6 +266,7 @@ class InstanceRun:
                 self.check_promises([j for j in jobs if j.step is Step.CHECK])
             finally:
                 self.close()
+            self.remember_supervisord()
             self.log_summary(jobs)
             return self.summary.exit_code
 
@@ -295,7 +322,7 @@ class InstanceRun:
                 continue  # free partitions are `slapos node report`'s business
             try:
                 partition = Partition(self.settings, d.partition_id)
-                partition.check_exists()
+                partition.check_is_partition()
             except PartitionError as e:
                 self.summary.failed[str(d.partition_id)] = str(e)
                 log.error("%s", e)
@@ -372,6 +399,7 @@ class InstanceRun:
         if not self.options.buildout_debug:  # its start (~0.2 s) overlaps with what follows
             threading.Thread(target=self.forkserver, name="forkserver-start", daemon=True).start()
         self.supervisor.ensure_running()
+        self.observe_supervisord(self.supervisor.identity())
         ready: queue.Queue[Job] = queue.Queue()
         # (the promise pool is left last: finishing partitions use it)
         with ThreadPoolExecutor(PROMISE_WORKERS, thread_name_prefix="promise") as promises, \
@@ -437,7 +465,7 @@ class InstanceRun:
 
     def render_profile(self, job: Job, template: Path) -> str:
         s, d = self.settings, job.desired
-        certs = job.partition.certificate_paths()
+        certs = job.partition.certificate_files()  # empty when the master gave none (reference)
         values = {
             "computer_id": s.computer_id,
             "partition_id": job.id,
@@ -520,25 +548,65 @@ class InstanceRun:
 
     # -- supervisord, in batches --------------------------------------------------------------------
     def _activate_all(self, ready, total: int, finishers, promises) -> None:
+        """Hand built partitions to supervisord as they come; a partition whose programs were
+        just (re)started goes on to its promises once they have left STARTING (or after
+        `service_start_wait`), all watched with one look at supervisord every START_POLL s."""
         import queue
 
         done = 0
-        while done < total:
-            batch = [ready.get()]
-            while True:
-                try:
-                    batch.append(ready.get_nowait())
-                except queue.Empty:
-                    break
-            done += len(batch)
+        waiting: dict[str, tuple[Job, float]] = {}
+        while done < total or waiting:
+            batch = []
             try:
-                self.activate(batch)
-            except BaseException as e:
-                for job in batch:
-                    if job.error is None:
-                        self.fail(job, e)
+                batch.append(ready.get(timeout=START_POLL if waiting else None))
+                while True:
+                    batch.append(ready.get_nowait())
+            except queue.Empty:
+                pass
+            done += len(batch)
+            if batch:
+                try:
+                    self.activate(batch)
+                except BaseException as e:
+                    for job in batch:
+                        if job.error is None:
+                            self.fail(job, e)
             for job in batch:
-                finishers.submit(self._finish_guarded, job, promises)
+                if job.error is None and job.starting and self.start_wait > 0 and self._has_promises(job):
+                    waiting[job.id] = (job, time.monotonic() + self.start_wait)
+                else:
+                    finishers.submit(self._finish_guarded, job, promises)
+            if waiting:
+                for job in self._started(waiting):
+                    finishers.submit(self._finish_guarded, job, promises)
+
+    @staticmethod
+    def _has_promises(job: Job) -> bool:
+        from .promise import list_promises
+
+        return bool(list_promises(job.partition.path))
+
+    def _started(self, waiting: dict[str, tuple[Job, float]]) -> list[Job]:
+        """The waiting partitions whose just-started programs have all left STARTING (or whose
+        wait is over); they leave `waiting`."""
+        names = [f"{job.id}:{n}" for job, _ in waiting.values() for n in job.starting]
+        try:
+            starting = self.supervisor.still_starting(names)
+        except SlapOSError as e:  # cannot tell: the promises will say
+            log.debug("cannot see which programs are still starting: %s", e)
+            starting = set()
+        now = time.monotonic()
+        released = []
+        for job_id, (job, deadline) in list(waiting.items()):
+            pending = [n for n in job.starting if f"{job_id}:{n}" in starting]
+            if pending and now < deadline:
+                continue
+            if pending:
+                self.partition_log(job, f"{', '.join(pending)} still starting after {self.start_wait:g} s "
+                                   "(service_start_wait): checking the promises anyway")
+            del waiting[job_id]
+            released.append(job)
+        return released
 
     def activate(self, batch: list[Job]) -> None:
         """Give supervisord the programs of every built partition of the batch (a few calls for
@@ -561,6 +629,8 @@ class InstanceRun:
         names = {j.id: [p.process_name for p in j.programs or ()] for j in to_start}
         infos = sv.process_infos([f"{j.id}:{n}" for j in to_start for n in names[j.id]])
         for job in to_start:
+            # what is not RUNNING now is (re)started by this run: its promises wait for it
+            job.starting = [n for n in names[job.id] if infos.get(f"{job.id}:{n}", {}).get("statename") != "RUNNING"]
             job.fatal = [n for n in names[job.id] if infos.get(f"{job.id}:{n}", {}).get("statename") == "FATAL"]
             if job.fatal:
                 self.partition_log(job, f"restarting {', '.join(job.fatal)}: supervisord had given up (FATAL)",
@@ -601,13 +671,21 @@ class InstanceRun:
         identity = process.identity_for(job.partition.path, f"the promises of partition {job.id}")
         runner = PromiseRunner(self.settings, job.partition, identity=identity, clock=self.clock)
         results = runner.run(mode="test", force=True, pool=pool)
+        if job.starting:  # a service may still be opening its port: one more chance
+            results = runner.retry_failed(results, self.retry_delay, pool=pool,
+                                          on_retry=lambda titles: self._log_retry(job, titles))
         failed = first_failure(results)
         if failed is not None:
             job.promise_error = failure_message(failed)
         job.state.next_promise_check = runner.next_check()
-        if results:
-            self.partition_log(job, f"{len(results)} promise(s): "
-                               + ("all fine" if failed is None else job.promise_error))
+        if failed is not None:  # the one line saying why the run exits 2
+            self.partition_log(job, job.promise_error, logging.ERROR)
+        elif results:
+            self.partition_log(job, f"{len(results)} promise(s): all fine")
+
+    def _log_retry(self, job: Job, titles: list[str]) -> None:
+        self.partition_log(job, f"promise(s) {', '.join(titles)} failed right after the services (re)started: "
+                           f"trying again in {self.retry_delay:g} s")
 
     def report(self, job: Job) -> None:
         """Tell the master how it went (errors truncated, S12)."""
@@ -696,26 +774,24 @@ class InstanceRun:
         except Exception as e:  # best effort
             log.debug("cannot report an error: %s", e)
 
-    # -- 5. periodic promise checks ---------------------------------------------------------------------
+    # -- 5. up-to-date started partitions -----------------------------------------------------------
     def check_promises(self, jobs: list[Job]) -> None:
-        """Up-to-date started partitions: promises whose periodicity has come (anomaly mode).
-        Costs nothing when none is due: the next due time is kept in the partition's state."""
+        """Up-to-date started partitions: their programs run (see `revive`), then the promises
+        whose periodicity has come are checked (anomaly mode). Costs nothing when none is due:
+        the next due time is kept in the partition's state."""
+        if not jobs:
+            return
+        revived = self.revive([(j.partition, j.state) for j in jobs])
+        for job in jobs:
+            job.starting = revived.get(job.id, [])
         now = self.clock()
-        started_now = False
-        if jobs and self.supervisor.pid() is None and not self.settings.forbid_supervisord_automatic_launch:
-            started_now = self.supervisor.ensure_running()  # after a reboot: the services must run again
-        if started_now:
-            errors = self.supervisor.start_partitions([j.id for j in jobs])
-            for job_id, error in errors.items():
-                log.error("%s: %s", job_id, error)
-                self.summary.failed[job_id] = str(error)
         due = [j for j in jobs if j.state.next_promise_check is not None and j.state.next_promise_check <= now]
         if not due:
             return
         from concurrent.futures import ThreadPoolExecutor
 
         from . import process
-        from .promise import PromiseRunner, failure_message, first_failure, list_promises
+        from .promise import PromiseRunner, list_promises
 
         work = []
         for job in due:
@@ -725,56 +801,190 @@ class InstanceRun:
                 work.append((job, runner, list_promises(job.partition.path)))
             except SlapOSError as e:
                 self.summary.failed[job.id] = str(e)
+                log.error("%s: %s", job.id, e)
+        self.wait_started([job for job, _, promises in work if promises])
         with ThreadPoolExecutor(PROMISE_WORKERS, thread_name_prefix="promise") as pool:
-            futures = [(job, runner, promises, pool.submit(runner.run, "anomaly", False, None, promises))
+            futures = [(job, runner, promises, pool.submit(self._anomaly, job, runner, promises))
                        for job, runner, promises in work]
             outcomes = [(job, runner, promises, f.result()) for job, runner, promises, f in futures]
         for job, runner, promises, results in outcomes:
-            self.summary.checked.append(job.id)
-            failed = first_failure(results)
-            state = job.state
-            state.next_promise_check = runner.next_check(promises)
-            try:
-                if failed is not None:
-                    message = failure_message(failed)
-                    self.summary.promise_failed[job.id] = message
-                    state.last_error = truncate(message)
-                    log.error("%s: %s", job.id, message)
-                    if state.reported != "error":
-                        job.desired.handle.error(truncate(message), logger=log)
-                        state.reported = "error"
-                else:
-                    state.last_error = None
-                    if state.reported != STARTED:
-                        job.desired.handle.started()
-                        state.reported = STARTED
-            except Exception as e:
-                if not _is_offline_error(e):
-                    raise
-                self.summary.offline = True
-            job.partition.save_state(state)
+            self.record_check(job, runner, promises, results)
+
+    def _anomaly(self, job: Job, runner, promises) -> list:
+        results = runner.run("anomaly", False, None, promises)
+        if job.starting:  # started by this run: a service may still be opening its port
+            results = runner.retry_failed(results, self.retry_delay, mode="anomaly", promises=promises,
+                                          on_retry=lambda titles: self._log_retry(job, titles))
+        return results
+
+    def record_check(self, job: Job, runner, promises, results) -> None:
+        """Tell the master when the verdict changed, and remember it."""
+        from .promise import failure_message, first_failure
+
+        self.summary.checked.append(job.id)
+        failed = first_failure(results)
+        state = job.state
+        state.next_promise_check = runner.next_check(promises)
+        try:
+            if failed is not None:
+                message = failure_message(failed)
+                self.summary.promise_failed[job.id] = message
+                state.last_error = truncate(message)
+                log.error("%s: %s", job.id, message)  # once (the master is told below)
+                if state.reported != "error":
+                    job.desired.handle.error(truncate(message), logger=log)
+                    state.reported = "error"
+            else:
+                state.last_error = None
+                if state.reported != STARTED:
+                    job.desired.handle.started()
+                    state.reported = STARTED
+        except Exception as e:
+            if not _is_offline_error(e):
+                raise
+            self.summary.offline = True
+        job.partition.save_state(state)
+
+    def wait_started(self, jobs: list[Job]) -> None:
+        """Wait (at most `service_start_wait`) until the programs these partitions just started
+        have left STARTING."""
+        names = [f"{job.id}:{n}" for job in jobs for n in job.starting]
+        if not names or self.start_wait <= 0:
+            return
+        deadline = time.monotonic() + self.start_wait
+        try:
+            while True:
+                starting = self.supervisor.still_starting(names)
+                if not starting:
+                    return
+                if time.monotonic() >= deadline:
+                    log.info("%s still starting after %g s (service_start_wait): checking the promises anyway",
+                             ", ".join(sorted(starting)), self.start_wait)
+                    return
+                time.sleep(START_POLL)
+        except SlapOSError as e:  # cannot tell: the promises will say
+            log.debug("cannot see which programs are still starting: %s", e)
+
+    # -- supervisord started by someone else, or again ---------------------------------------------------
+    def revive(self, partitions: list[tuple[Partition, PartitionState]]) -> dict[str, list[str]]:
+        """Start the programs of these started partitions that the running supervisord never
+        started (its group is missing, or a program is STOPPED with no start time): supervisord
+        was started by `slapos node supervisord`, `configure local`, a boot or a `reload`, and
+        starts nothing by itself (autostart is off). Programs a user stopped (`slapos node stop`)
+        were started before, so they stay stopped — until supervisord itself starts again.
+
+        Costs no XML-RPC while supervisord is the one a previous run checked (its identity —
+        pid, start time, pidfile date, boot — is kept in `<instance_root>/var/run/
+        supervisord.checked`); otherwise one getAllProcessInfo. Returns the process names
+        started, by partition id."""
+        sv = self.supervisor
+        identity = sv.identity()
+        if identity is not None and identity == sv.last_checked():
+            self.observe_supervisord(identity)
+            self._remembered = identity
+            return {}  # the common path: nothing asked
+        try:
+            if identity is None:
+                if self.settings.forbid_supervisord_automatic_launch:
+                    log.warning("supervisord is not running and forbid_supervisord_automatic_launch is set: the "
+                                "services of %d started partition(s) are down; start it with "
+                                "'slapos node supervisord'", len(partitions))
+                    self._supervisord_checked = False
+                    return {}
+                sv.ensure_running()  # after a reboot: the services must run again
+                identity = sv.identity()
+            self.observe_supervisord(identity)
+            return self._start_never_started(partitions)
+        except SlapOSError as e:  # supervisord does not answer: the next run looks again
+            self._revive_failed("supervisord", str(e))
+            return {}
+
+    def _start_never_started(self, partitions: list[tuple[Partition, PartitionState]]) -> dict[str, list[str]]:
+        from .supervisor import EXITED, STOPPED, collect_programs
+
+        sv = self.supervisor
+        groups: dict[str, list[dict]] = {}
+        for info in sv.all_processes():
+            groups.setdefault(info["group"], []).append(info)
+        todo: dict[str, list[str]] = {}
+        missing = {}
+        for partition, _state in partitions:
+            partition_id = partition.id
+            if partition_id not in groups:  # its file was removed, or supervisord has another configuration
+                try:
+                    programs = collect_programs(partition.path, _PartitionLog(partition_id))
+                except (OSError, SlapOSError) as e:
+                    self._revive_failed(partition_id, f"cannot read its programs: {e}")
+                    continue
+                if programs:
+                    missing[partition_id] = (programs, partition.path)
+                    todo[partition_id] = [p.process_name for p in programs]
+                continue
+            names = [i["name"] for i in groups[partition_id] if i["state"] in (STOPPED, EXITED) and not i["start"]]
+            if names:
+                todo[partition_id] = names
+        if missing:
+            for partition_id, outcome in sv.apply_partitions(missing).items():
+                if isinstance(outcome, BaseException):
+                    todo.pop(partition_id, None)
+                    self._revive_failed(partition_id, str(outcome))
+        for partition_id, names in todo.items():
+            log.info("%s: starting %s (this supervisord had not started them)", partition_id, ", ".join(names))
+        for partition_id, error in sv.start_partitions(list(todo), todo).items():
+            todo.pop(partition_id, None)
+            self._revive_failed(partition_id, str(error))
+        return todo
+
+    def _revive_failed(self, partition_id: str, message: str) -> None:
+        log.error("%s: %s", partition_id, message)
+        self.summary.failed[partition_id] = message
+        self._supervisord_checked = False  # the next run tries again
+
+    def observe_supervisord(self, identity: str | None) -> None:
+        if identity is None:
+            self._supervisord_checked = False
+        else:
+            self._seen_supervisord.add(identity)
+
+    def remember_supervisord(self) -> None:
+        """After a run that started (or found running) the programs of every started partition
+        under one supervisord, remember it: the next runs need not ask it. Not after --only-cp
+        (the other partitions were not looked at) nor when something could not be started."""
+        if self.options.only_cp or not self._supervisord_checked or len(self._seen_supervisord) != 1:
+            return
+        identity = next(iter(self._seen_supervisord))
+        if identity == self._remembered:
+            return
+        try:
+            self.supervisor.remember_checked(identity)
+        except OSError as e:
+            log.warning("cannot record which supervisord was checked: %s", e)
 
     # -- master unreachable ------------------------------------------------------------------------------
     def offline(self, error: BaseException) -> int:
-        """Keep what runs running; after a reboot, start what was started. Exit 3."""
+        """Keep what runs running; after a reboot (or a supervisord started again), start what
+        was last deployed as started. Exit 3."""
         log.error("%s", error)
         log.warning("master unreachable: running services are left as they are (offline mode)")
         self.summary.offline = True
         try:
-            if self.supervisor.ensure_running():
-                started = []
-                for entry in sorted(os.listdir(self.settings.instance_root)):
-                    try:
-                        partition = Partition(self.settings, entry)
-                    except PartitionError:
-                        continue
-                    if partition.exists() and partition.load_state().requested_state == STARTED:
-                        started.append(entry)
-                self.supervisor.start_partitions(started)
-        except SlapOSError as e:
+            started = []
+            for entry in sorted(os.listdir(self.settings.instance_root)):
+                try:
+                    partition = Partition(self.settings, entry)
+                    partition.check_is_partition()
+                except PartitionError:
+                    continue
+                state = partition.load_state()
+                if state.requested_state == STARTED and (not self.options.only_cp or entry in self.options.only_cp):
+                    started.append((partition, state))
+            if started:
+                self.revive(started)
+                self.remember_supervisord()
+        except (OSError, SlapOSError) as e:
             log.error("offline mode: %s", e)
             return EXIT_FAILED
-        return EXIT_OFFLINE
+        return EXIT_FAILED if self.summary.failed else EXIT_OFFLINE
 
     # -- logs ----------------------------------------------------------------------------------------------
     def partition_log(self, job: Job, message: str, level: int = logging.INFO) -> None:
@@ -861,7 +1071,7 @@ def run_node_promise(settings, only_cp: list[str] | None = None) -> int:
             for partition_id in started:
                 try:
                     partition = Partition(settings, partition_id)
-                    partition.check_exists()
+                    partition.check_is_partition()
                     identity = process.identity_for(partition.path, f"the promises of partition {partition_id}")
                 except SlapOSError as e:
                     log.error("%s", e)

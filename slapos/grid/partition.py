@@ -3,8 +3,10 @@
 Shared by `slapos node instance` (deploy) and `slapos node report` (destroy). It knows:
 
 * which ids are acceptable: the master names partitions, and a hostile or broken master must not
-  make us act outside instance_root (reference S4). Ids are plain names (no '/', '..', NUL) of
-  directories that already exist under instance_root (the formatter created them);
+  make us act outside instance_root (reference S4). Ids are plain names (no '/', '..', NUL), never
+  one of the node's own directories (`etc`, `var`...), of directories that already exist under
+  instance_root and, when we are root, belong to a partition user (the formatter created them).
+  `slapos node instance`, `slapos node report` and the watchdog share this one check;
 * how to write files into a directory owned by the partition user without following links that
   user may have planted (every write goes through a directory fd opened with O_NOFOLLOW, into a
   fresh temporary file renamed over the target: atomic, and safe against kill -9);
@@ -36,6 +38,9 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$")
 STATE_VERSION = 1
 LOG_ROTATE_BYTES = 20 * 1024 * 1024
 ERROR_MAX = 10_000  # bytes of error text kept and posted to the master (S12)
+# The node's own directories under instance_root (supervisord, logs, usage ledger): a master
+# naming one of them as a partition must not make us deploy, measure or empty it.
+NODE_DIRECTORIES = frozenset({"etc", "var", "bin", "sbin", "tmp", "run", "log", "lib"})
 
 
 class PartitionError(SlapOSError):
@@ -43,7 +48,7 @@ class PartitionError(SlapOSError):
 
 
 def check_partition_id(partition_id: str) -> str:
-    """Refuse ids that could name something outside instance_root."""
+    """Refuse ids that could name something outside instance_root, or the node's own directories."""
     if (
         not isinstance(partition_id, str)
         or "\0" in partition_id
@@ -52,7 +57,23 @@ def check_partition_id(partition_id: str) -> str:
         or not _ID_RE.match(partition_id)
     ):
         raise PartitionError(f"refusing partition id {partition_id!r}: ids are plain names like slappart0")
+    if partition_id in NODE_DIRECTORIES:
+        raise PartitionError(f"refusing partition id {partition_id!r}: that is the node's own directory in "
+                             "instance_root, not a partition")
     return partition_id
+
+
+def check_is_partition(partition: Partition) -> None:
+    """A partition of this computer: a real directory under instance_root (not a link), with an
+    acceptable id (`check_partition_id`, done when the Partition was made) and, when we are root,
+    owned by its partition user (never by root: format gives every partition to its user).
+    Raises PartitionError saying what is wrong."""
+    partition.check_exists()
+    if os.geteuid() == 0 and os.lstat(partition.path).st_uid == 0:
+        raise PartitionError(
+            f"{partition.id}: {partition.path} is owned by root, so it is not a formatted partition: refusing "
+            "to touch it (slapos node format gives each partition to its user)"
+        )
 
 
 def software_directory(software_root: Path, url: str) -> Path:
@@ -247,6 +268,10 @@ class Partition:
                 "this computer does not have; run 'slapos node format' or check computer_id"
             )
 
+    def check_is_partition(self) -> None:
+        """See `check_is_partition`: what instance, report and the watchdog accept."""
+        check_is_partition(self)
+
     def owner(self) -> tuple[int, int]:
         st = os.stat(self.path)
         return st.st_uid, st.st_gid
@@ -413,6 +438,19 @@ class Partition:
                 atomic_write(path, content, 0o600, owner)
                 changed = True
         return changed
+
+    def certificate_files(self) -> tuple[Path, Path] | None:
+        """(certificate, key) when both were written for this partition, else None: a profile or
+        a promise must not be pointed at files that do not exist (reference: "or empty")."""
+        paths = self.certificate_paths()
+        if paths is None:
+            return None
+        try:
+            if all(stat.S_ISREG(os.stat(path).st_mode) for path in paths):
+                return paths
+        except OSError:
+            pass
+        return None
 
     def remove_certificate(self) -> None:
         for path in self.certificate_paths() or ():

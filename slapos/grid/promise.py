@@ -39,6 +39,7 @@ from .promise_plugin import DEFAULT_PERIODICITY, RESULT_MARKER
 logger = logging.getLogger(__name__)
 
 LEGACY_PERIODICITY = 2.0  # minutes, as the reference wraps executables
+TIMED_OUT = "Error: Promise timed out"  # how a timed-out promise's message starts (plugins say it too)
 MESSAGE_MAX = 5000
 TEST, ANOMALY = "test", "anomaly"
 
@@ -73,6 +74,10 @@ class PromiseResult:
     mode: str = TEST
     periodicity: float = DEFAULT_PERIODICITY  # minutes
     ran: bool = True  # False: not due, this is the last stored result
+
+    @property
+    def timed_out(self) -> bool:
+        return self.failed and self.message.startswith(TIMED_OUT)
 
     def to_status(self) -> dict:
         return {
@@ -267,7 +272,7 @@ class PromiseRunner:
             "computer-id": s.computer_id,
             "master-url": s.master_url,
         }
-        certs = p.certificate_paths()
+        certs = p.certificate_files()  # only certificates that were written
         if certs:
             config["partition-cert"], config["partition-key"] = str(certs[0]), str(certs[1])
         argv = [sys.executable, "-I", "-m", "slapos.grid.promise_plugin", str(promise.path),
@@ -303,7 +308,7 @@ class PromiseRunner:
                 if failed and not message:
                     message = f"exited with code {outcome.returncode} and no output"
         except process.ProcessTimeout:
-            failed, message = True, f"Error: Promise timed out after {self.timeout:g} seconds"
+            failed, message = True, f"{TIMED_OUT} after {self.timeout:g} seconds"
         except SlapOSError as e:
             failed, message = True, str(e)
         if len(message) > MESSAGE_MAX:
@@ -337,6 +342,26 @@ class PromiseRunner:
                 if promise.title not in results and promise.title in stored:
                     results[promise.title] = stored[promise.title]
         return [results[p.title] for p in promises if p.title in results]
+
+    def retry_failed(self, results: list[PromiseResult], delay: float, mode: str = TEST,
+                     pool: Executor | None = None, promises: list[Promise] | None = None,
+                     on_retry: Callable[[list[str]], None] | None = None) -> list[PromiseResult]:
+        """Run once more, `delay` seconds later, the promises of `results` that just failed (not
+        those that timed out: they would cost a whole timeout again). Used right after the
+        partition's services were (re)started, when a service may not listen yet. Returns
+        `results` with the new results in place."""
+        titles = {r.title for r in results if r.failed and r.ran and not r.timed_out}
+        if not titles or delay <= 0:
+            return results
+        promises = list_promises(self.partition.path) if promises is None else promises
+        todo = [p for p in promises if p.title in titles]
+        if not todo:
+            return results
+        if on_retry is not None:
+            on_retry([p.title for p in todo])
+        time.sleep(delay)
+        again = {r.title: r for r in self.run(mode, True, pool, todo)}
+        return [again.get(r.title, r) for r in results]
 
     def next_check(self, promises: list[Promise] | None = None) -> float | None:
         """When the next periodic check is due (None: the partition has no promise)."""

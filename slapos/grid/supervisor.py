@@ -372,6 +372,52 @@ class Supervisor:
     def is_running(self) -> bool:
         return self.pid() is not None and self.socket_path.exists()
 
+    def identity(self) -> str | None:
+        """Which supervisord runs, without XML-RPC: the boot, its pid and start time, and the
+        date of its pidfile (rewritten by a `supervisorctl reload`, which stops every program in
+        the same process). A different identity means its programs may all be stopped."""
+        pid = self.pid()
+        if pid is None:
+            return None
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                started = f.read().rsplit(b")", 1)[1].split()[19].decode()  # field 22: starttime
+            written = os.stat(self.pidfile).st_mtime_ns
+        except (OSError, IndexError, UnicodeDecodeError):
+            return None
+        try:
+            with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+                boot = f.read().strip().decode()
+        except (OSError, UnicodeDecodeError):  # pid, start time and pidfile date still tell
+            boot = ""
+        return f"{boot}:{pid}:{started}:{written}"
+
+    @property
+    def checked_path(self) -> Path:
+        return self.instance_root / "var" / "run" / "supervisord.checked"
+
+    def last_checked(self) -> str | None:
+        """The identity of the supervisord whose programs a run last checked (`remember_checked`)."""
+        try:
+            return self.checked_path.read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def remember_checked(self, identity: str) -> None:
+        """Record that every started partition's programs were started under this supervisord:
+        later runs need not ask it again while it is the same."""
+        if identity == self.last_checked():
+            return
+        directory = self.checked_path.parent
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True)
+            os.chmod(directory, 0o700)
+        atomic_write(self.checked_path, identity + "\n", 0o600)
+
+    def forget_checked(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.checked_path.unlink()
+
     def ensure_running(self) -> bool:
         """Start supervisord for this instance root unless it runs. True when we started it."""
         with self._lock:
@@ -698,6 +744,11 @@ class Supervisor:
         """getProcessInfo of each `group:name` in one multicall (unknown names are left out)."""
         answers = self.multicall([("supervisor.getProcessInfo", (n,)) for n in names])
         return {n: a for n, a in zip(names, answers, strict=True) if isinstance(a, dict) and "faultCode" not in a}
+
+    def still_starting(self, names: list[str]) -> set[str]:
+        """The `group:name` programs among `names` that supervisord still has in STARTING (not
+        up for their `startsecs` yet). Unknown names are not starting."""
+        return {n for n, info in self.process_infos(names).items() if info.get("state") == STARTING}
 
     def start_partitions(self, partition_ids: list[str],
                          names: dict[str, list[str]] | None = None) -> dict[str, PartitionError]:

@@ -85,6 +85,7 @@ def test_demo_end_to_end_then_stop(open_tmp_path):
 
         stop = run_demo("--run-dir", str(run_dir), "--stop")
         assert stop.returncode == 0, stop.stdout
+        assert "$ slapos node supervisorctl shutdown" in stop.stdout  # every program at once
         assert f"$ kill {proxy_pid}" in stop.stdout
         assert processes_of(run_dir) == []
         assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -92,6 +93,15 @@ def test_demo_end_to_end_then_stop(open_tmp_path):
         with pytest.raises(urllib.error.URLError):
             _get(url)
         assert (run_dir / "etc" / "slapos.cfg").exists()  # left for inspection
+
+        # after demo-stop: supervisord starts again with every program stopped, one plain
+        # `slapos node instance` starts the deployed service again
+        restarted = run_demo("--run-dir", str(run_dir))  # the same ports (kept in the run directory)
+        assert restarted.returncode == 0, restarted.stdout
+        assert "$ slapos node instance --now\n" in restarted.stdout and "instance --now --force" not in restarted.stdout
+        assert _get(url).strip() == MESSAGE
+        assert run_demo("--run-dir", str(run_dir), "--stop").returncode == 0
+        assert processes_of(run_dir) == []
 
         nothing = run_demo("--run-dir", str(run_dir), "--stop")
         assert nothing.returncode == 0, nothing.stdout

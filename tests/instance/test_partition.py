@@ -26,7 +26,7 @@ def settings(tmp_path):
     return node_settings(tmp_path, certificate_repository_path=tmp_path / "certs")
 
 
-@pytest.mark.parametrize("bad", ["../etc", "a/b", "..", "slap\0part", "", ".hidden", "x" * 200, "/abs"])
+@pytest.mark.parametrize("bad", ["../etc", "a/b", "..", "slap\0part", "", ".hidden", "x" * 200, "/abs", "etc", "var"])
 def test_hostile_partition_ids_are_refused(settings, bad):
     with pytest.raises(PartitionError):
         check_partition_id(bad)
@@ -41,6 +41,21 @@ def test_partition_must_exist_locally(settings):
     os.symlink("/etc", settings.instance_root / "slappart7")  # a link is not a partition
     with pytest.raises(PartitionError):
         partition.check_exists()
+    with pytest.raises(PartitionError):
+        partition.check_is_partition()
+
+
+def test_node_directories_and_root_owned_directories_are_not_partitions(settings):
+    (settings.instance_root / "etc").mkdir()
+    with pytest.raises(PartitionError, match="node's own directory"):
+        Partition(settings, "etc")
+    (settings.instance_root / "slappart1").mkdir()
+    partition = Partition(settings, "slappart1")
+    if os.geteuid() == 0:  # made by root here: format gives every partition to its user
+        with pytest.raises(PartitionError, match="owned by root"):
+            partition.check_is_partition()
+        os.chown(partition.path, 65534, 65534)
+    partition.check_is_partition()
 
 
 def test_writes_never_follow_links_planted_by_the_tenant(settings, tmp_path):
@@ -77,7 +92,9 @@ def test_certificate_files(settings):
     partition = Partition(settings, "slappart0")
     assert partition.write_certificate("", "") is False  # the proxy gives empty ones: nothing written
     assert not (settings.certificate_repository_path / "slappart0.crt").exists()
+    assert partition.certificate_files() is None  # the profile gets empty key-file / cert-file
     assert partition.write_certificate("CERT", "KEY") is True
+    assert partition.certificate_files() == partition.certificate_paths()
     for name, content in (("slappart0.crt", "CERT"), ("slappart0.key", "KEY")):
         path = settings.certificate_repository_path / name
         assert path.read_text() == content and stat.S_IMODE(path.stat().st_mode) == 0o600

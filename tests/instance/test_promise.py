@@ -143,3 +143,36 @@ def test_anomaly_mode_runs_only_due_promises(partition):
     now[0] += 121
     assert r.run(mode=ANOMALY, force=False)[0].ran is True
     assert (partition.path / "count.txt").read_text().count("run") == 2
+
+
+def test_retry_failed_runs_only_what_just_failed(partition):
+    """After a start: a failing promise runs once more after the delay; a timed-out one does not."""
+    partition.settings.promise_timeout = 1.0
+    add(partition, "promise", "ok", "#!/bin/sh\necho run >> \"$PWD/ok.txt\"\n")
+    # fails the first time only (a service that was not listening yet)
+    add(partition, "promise", "late", "#!/bin/sh\n[ -e \"$PWD/late.txt\" ] && echo up && exit 0\n"
+                                      "touch \"$PWD/late.txt\"; echo down; exit 1\n")
+    add(partition, "promise", "sleepy", "#!/bin/sh\necho run >> \"$PWD/sleepy.txt\"; exec sleep 30\n")
+    r = runner(partition)
+    results = r.run()
+    assert [(x.title, x.failed, x.timed_out) for x in results] == [
+        ("late", True, False), ("ok", False, False), ("sleepy", True, True)]
+    retried = []
+    results = r.retry_failed(results, 0.2, on_retry=retried.append)
+    assert retried == [["late"]]
+    assert {x.title: (x.failed, x.message) for x in results}["late"] == (False, "up")
+    assert (partition.path / "ok.txt").read_text().count("run") == 1
+    assert (partition.path / "sleepy.txt").read_text().count("run") == 1
+    status = json.loads((partition.promise_dir / "result" / "late.status.json").read_text())
+    assert status["result"]["failed"] is False  # the new result is the one kept
+    assert r.retry_failed(results, 0) == results  # 0: no retry
+
+
+def test_plugins_are_given_only_written_certificates(partition, tmp_path):
+    partition.settings.certificate_repository_path = tmp_path / "certs"
+    add(partition, "plugin", "check-ok.py", PLUGIN_OK, mode=0o644)
+    plugin = list_promises(partition.path)[0]
+    assert not any("partition-cert" in arg for arg in runner(partition)._argv(plugin, "test"))
+    assert partition.write_certificate("CERT", "KEY")
+    argv = runner(partition)._argv(plugin, "test")
+    assert f"partition-cert={tmp_path / 'certs' / 'slappart0.crt'}" in argv

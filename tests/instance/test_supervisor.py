@@ -209,3 +209,34 @@ def test_supervisord_without_our_extension(tmp_path_factory, monkeypatch):
         assert after["b"][1] != before["b"][1]
     finally:
         sv.shutdown()
+
+
+def test_identity_tells_a_new_supervisord_without_asking_it(tmp_path_factory, monkeypatch):
+    root = make_traversable(tmp_path_factory.mktemp("id"))
+    os.chmod(root, 0o755)
+    sv = Supervisor(node_settings(root))
+    assert sv.identity() is None and sv.last_checked() is None
+    try:
+        sv.ensure_running()
+        first = sv.identity()
+
+        def forbidden(*args, **kwargs):
+            raise AssertionError("identity() must not use XML-RPC")
+
+        monkeypatch.setattr(Supervisor, "call", forbidden)
+        assert first and sv.identity() == first
+        monkeypatch.undo()
+        sv.remember_checked(first)
+        assert sv.last_checked() == first
+        assert sv.checked_path.stat().st_mode & 0o777 == 0o600
+        sv.shutdown()
+        assert sv.identity() is None
+        sv.ensure_running()
+        assert sv.identity() not in (None, first)
+        path = make_partition(sv, "slappart0", run={"a": SLEEP})
+        sv.apply_partition("slappart0", collect_programs(path))
+        sv.start_partition("slappart0")
+        assert sv.still_starting(["slappart0:a", "slappart0:unknown"]) <= {"slappart0:a"}
+        wait_for(lambda: not sv.still_starting(["slappart0:a"]))
+    finally:
+        sv.shutdown()
