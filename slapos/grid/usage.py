@@ -13,7 +13,7 @@ Software releases may add their own movements: files `var/xml_report/*.xml` vali
 `schemas/partition_consumption.xsd`, produced by `etc/report/*` scripts the node runs first.
 
 The journal (`schemas/computer_consumption.xsd`) has one transaction for the period between
-two reports, with one movement per (partition, resource); see docs/readme/report.md.
+two reports, with one movement per (partition, resource); see "The usage journal" in the README.
 """
 from __future__ import annotations
 

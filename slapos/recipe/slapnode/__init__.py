@@ -15,5 +15,5 @@ promise  write an etc/promise executable checking a TCP port or a URL
 cmmi     configure / make / make install a checksummed source tarball
 ======== ==================================================================================
 
-Examples for each are in docs/readme/recipes.md and in software-release/.
+Examples for each are in the README ("Writing software releases") and in software-release/.
 """
