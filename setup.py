@@ -1,5 +1,5 @@
 """slapnode: a SlapOS-compatible node stack (SLAP client, slapproxy, slapformat, slapgrid, client)."""
-from setuptools import setup, find_namespace_packages
+from setuptools import find_namespace_packages, setup
 
 with open("README.md", encoding="utf-8") as f:
     long_description = f.read()
