@@ -45,3 +45,16 @@ def open_tmp_path(tmp_path: Path) -> Path:
     make_traversable(tmp_path)
     os.chmod(tmp_path, 0o755)
     return tmp_path
+
+
+def wait_for(predicate, timeout: float = 15.0, what: str = "condition", interval: float = 0.05):
+    """Poll `predicate` until it returns a true value (returned), or fail after `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")

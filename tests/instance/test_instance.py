@@ -12,18 +12,9 @@ import urllib.request
 
 from slapos.grid.lock import RunLock
 from slapos.grid.partition import software_directory
+from tests.conftest import wait_for
 from tests.fixtures.proxy import free_port
 from tests.instance.conftest import REPO
-
-
-def wait_for(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met within {timeout} s")
 
 
 def fetch(port: int) -> str:

@@ -10,8 +10,9 @@ import pytest
 
 from slapos.grid.instance import Desired, InstanceOptions, InstanceRun
 from slapos.grid.supervisor import Supervisor
+from tests.conftest import wait_for
 from tests.fixtures.proxy import free_port
-from tests.instance.test_instance import fetch, running, wait_for
+from tests.instance.test_instance import fetch, running
 
 
 def statenames(node, partition_id):

@@ -9,7 +9,7 @@ import pytest
 from slapos.grid import supervisor as supervisor_module
 from slapos.grid.partition import PartitionError
 from slapos.grid.supervisor import Supervisor, collect_programs
-from tests.conftest import make_traversable
+from tests.conftest import make_traversable, wait_for
 from tests.fixtures.supervisor import make_partition, node_settings
 
 SLEEP = "#!/bin/sh\nexec sleep 1000\n"
@@ -28,14 +28,6 @@ def states(sv, partition_id):
     return {i["name"]: (i["statename"], i["pid"]) for i in sv.partition_processes(partition_id)}
 
 
-def wait_for(predicate, timeout=10.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def running(sv, partition_id, *names):

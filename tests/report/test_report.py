@@ -10,8 +10,9 @@ import pytest
 
 from slapos.grid.destroy import RETENTION_DATE_FILE, RETENTION_DELAY_FILE
 from slapos.grid.lock import RunLock
+from tests.conftest import wait_for
 
-from .conftest import slapos, wait_for
+from .conftest import slapos
 
 SLEEPER = "#!/bin/sh\nexec sleep 600\n"
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-from .conftest import install_fake_software, slapos, wait_for
+from tests.conftest import wait_for
+
+from .conftest import install_fake_software, slapos
 
 URL = "http://sr.example/report-e2e.cfg"
 PROFILE = """

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 
 from slapos.grid.watchdog import BANG_STATE_FILE
-
-from .conftest import wait_for
+from tests.conftest import wait_for
 
 
 def watchdog_log(report_node) -> str:
