@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slapos.base import tenantfs
 from slapos.base.errors import SlapOSError
 
 log = logging.getLogger("slapos.format")
@@ -483,23 +484,10 @@ class JsonFile:
 
 
 def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
-    """Write through a temporary file and rename, so a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """Write through a temporary file and rename, so a crash never leaves half a file; the
+    directory may be a tenant's (a partition) while we are root, so never follow its links."""
     data = content.encode("utf-8") if isinstance(content, str) else content
-    # The directory may belong to a tenant (a partition) while we are root: never follow a
-    # symlink planted at the temporary name, and never reuse a file someone else created.
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    tenantfs.write_small(path, data, mode)
 
 
 @dataclass

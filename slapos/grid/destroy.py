@@ -31,9 +31,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from slapos.base import tenantfs
 from slapos.base.errors import SlapOSError
-
-from . import tenantfs
 
 # The partition check lives in partition.py, shared with node instance and the watchdog (both
 # names stay importable from here).

@@ -27,9 +27,8 @@ from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
 
+from slapos.base import tenantfs
 from slapos.base.errors import SlapOSError
-
-from . import tenantfs
 
 log = logging.getLogger("slapos.grid.usage")
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from . import tenantfs
+from slapos.base import tenantfs
 
 log = logging.getLogger("slapos.watchdog")
 
@@ -121,14 +121,11 @@ class Watchdog:
         """The partition directory named by a supervisord group, only if it really is one of
         ours: a plain id, an existing real directory directly under instance_root, not one of
         the node's own directories, not root's (when we are root)."""
-        from .destroy import NODE_DIRECTORIES
         from .partition import PartitionError, check_partition_id
 
         try:
             check_partition_id(group)
         except PartitionError:
-            return None
-        if group in NODE_DIRECTORIES:
             return None
         path = self.instance_root / group
         try:

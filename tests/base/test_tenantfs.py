@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from slapos.grid import tenantfs
+from slapos.base import tenantfs
 
 
 def _tree(base):
