@@ -32,3 +32,15 @@ def test_every_command_has_help():
         except SystemExit as e:  # argparse exits after printing help
             code = e.code
         assert code in (0, None), command.path
+
+
+def test_only_the_selected_command_gets_its_options():
+    from slapos.cli.main import build_parser, load_commands, select_command
+
+    commands = load_commands()
+    chosen = select_command(commands, ["--log-file", "node", "node", "instance", "--now"])
+    assert chosen is not None and chosen.path == ("node", "instance")
+    assert select_command(commands, ["--debug", "nosuch"]) is None
+    parser = build_parser(commands, only=chosen)
+    args, extra = parser.parse_known_args(["node", "instance", "--now", "--cfg", "x.cfg"])
+    assert args._command is chosen and args.cfg == "x.cfg" and not extra
