@@ -107,6 +107,8 @@ def all_statuses(settings) -> list[PartitionStatus]:
 
 
 def format_table(statuses: list[PartitionStatus]) -> str:
+    if not statuses:
+        return "no partition in this instance_root yet (run slapos node format, then slapos node instance)"
     headers = ("PARTITION", "REQUESTED", "STATUS", "PROMISES", "BACK-OFF", "LAST ERROR")
     rows = []
     for s in statuses:

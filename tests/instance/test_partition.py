@@ -136,3 +136,9 @@ def test_helpers():
     long = "x" * 20000 + "the end"
     assert truncate(long).endswith("the end") and len(truncate(long)) < 11000
     assert "[slap-connection]" in PROFILE_TAIL and "[slap_connection]" in PROFILE_TAIL
+
+
+def test_status_table_of_an_unformatted_node_says_what_to_do():
+    from slapos.grid.status import format_table
+
+    assert "slapos node format" in format_table([])
