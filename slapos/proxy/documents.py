@@ -4,7 +4,9 @@
 run), `ComputerPartition` alone (`registerComputerPartition`) and `SoftwareInstance` (the answer
 to a request). Encoding is `slapos.slap.wire.dumps`; encoded computer and partition documents are
 cached per database generation (`DocumentCache`), so a node polling an unchanged computer costs a
-dictionary lookup.
+dictionary lookup. Within a computer document, each partition is kept encoded (a `wire.Fragment`)
+as long as the rows it is built from are unchanged, so after a write only the partitions it
+touched are encoded again.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 
-from slapos.slap.wire import WireObject, dumps
+from slapos.slap.wire import Fragment, WireObject, dumps, encode_fragment
 
 from .db import Database
 from .errors import NotFound
@@ -138,15 +140,50 @@ def computer_known(conn: sqlite3.Connection, computer_id: str) -> bool:
     return conn.execute("SELECT 1 FROM computer WHERE reference = ?", (computer_id,)).fetchone() is not None
 
 
-def computer_document(conn: sqlite3.Connection, computer_id: str) -> WireObject:
+# (computer id, partition id) -> (the rows the partition is built from, its encoding). The rows
+# are the whole key, so an entry is never stale, whatever database or process wrote them.
+_PARTITION_FRAGMENTS: dict[tuple[str, str], tuple[tuple, Fragment]] = {}
+_PARTITION_FRAGMENTS_MAX = 100_000
+
+
+def _slave_rows(conn: sqlite3.Connection, computer_id: str) -> dict[str, list[sqlite3.Row]]:
+    """hosting partition id → its shared instances' rows (not destroyed), as `slave_lists` reads them."""
+    result: dict[str, list] = defaultdict(list)
+    for row in conn.execute(
+        "SELECT * FROM slave WHERE computer_reference = ? AND hosted_by IS NOT NULL "
+        "AND requested_state != 'destroyed' ORDER BY rowid",
+        (computer_id,),
+    ):
+        result[row["hosted_by"]].append(row)
+    return result
+
+
+def _partition_fragments(conn: sqlite3.Connection, computer_id: str) -> list[Fragment]:
+    """The encoded partitions of a computer, in document order, reusing those whose rows are unchanged."""
     ips = ip_lists(conn, computer_id)
-    slaves = slave_lists(conn, computer_id)
-    partitions = [
-        computer_partition(row, ips.get(row["reference"], []), slaves.get(row["reference"], []))
-        for row in conn.execute(
-            "SELECT * FROM partition WHERE computer_reference = ? ORDER BY rowid", (computer_id,)
-        )
-    ]
+    slave_rows = _slave_rows(conn, computer_id)
+    fragments = []
+    cache = _PARTITION_FRAGMENTS
+    for row in conn.execute("SELECT * FROM partition WHERE computer_reference = ? ORDER BY rowid", (computer_id,)):
+        partition_id = row["reference"]
+        ip_list = ips.get(partition_id, [])
+        slaves = slave_rows.get(partition_id, ())
+        content = (tuple(row), tuple(ip_list), tuple(tuple(slave) for slave in slaves))
+        key = (computer_id, partition_id)
+        entry = cache.get(key)
+        if entry is not None and entry[0] == content:
+            fragments.append(entry[1])
+            continue
+        fragment = encode_fragment(computer_partition(row, ip_list, [slave_entry(slave) for slave in slaves]))
+        if len(cache) >= _PARTITION_FRAGMENTS_MAX:
+            cache.clear()
+        cache[key] = (content, fragment)
+        fragments.append(fragment)
+    return fragments
+
+
+def computer_document(conn: sqlite3.Connection, computer_id: str) -> WireObject:
+    partitions = _partition_fragments(conn, computer_id)
     softwares = [
         software_release(url, computer_id, state)
         for url, state in conn.execute(

@@ -41,6 +41,8 @@ __all__ = [
     "MAX_SIZE",
     "MAX_DEPTH",
     "MAX_ELEMENTS",
+    "Fragment",
+    "encode_fragment",
 ]
 
 # The module every SLAP object claims on the wire; the only one we accept.
@@ -173,6 +175,8 @@ class _Encoder:
             out.append(f"<float>{value!r}</float>")
         elif kind is WireObject:
             self._object(value, value)
+        elif kind is Fragment:
+            self.counter = value._emit(out, self.counter)
         else:
             self._other(value)
 
@@ -282,11 +286,60 @@ class _Encoder:
         self._close(identity)
 
 
+# The opening of every element that carries an id, and the id's number. "<" starts nothing else in
+# an encoded document (string text escapes it, and the attributes around it are fixed names), so
+# splitting on this finds every id and only ids.
+_ID_SPLIT = re.compile(r'(<(?:dictionary|list|set|object|reference) id="i)(\d+)')
+
+
+class Fragment:
+    """A value encoded once, to be placed in other documents: `dumps` copies its text in, with
+    the container ids shifted to the position it lands at (ids count up through a document, §3.1).
+
+    The output is the one `dumps` gives for the value itself, provided the value shares no
+    container with the rest of the document (a shared one would have been a `<reference>`).
+    The text at the last position used is kept, so placing it where it was costs a list append."""
+
+    __slots__ = ("_pieces", "ids", "_placed")
+
+    def __init__(self, text: str, ids: int) -> None:
+        """`text` as encoded with its first id at i1, using ids i1 to i`ids`."""
+        pieces: list = _ID_SPLIT.split(text)
+        for index in range(2, len(pieces), 3):
+            pieces[index] = int(pieces[index])
+        self._pieces = pieces
+        self.ids = ids
+        self._placed = (0, text)  # (ids offset, text); replaced as one tuple, so threads may share it
+
+    def _emit(self, out: list[str], counter: int) -> int:
+        offset, text = self._placed
+        if offset != counter:
+            pieces = list(self._pieces)
+            for index in range(2, len(pieces), 3):
+                pieces[index] = str(pieces[index] + counter)
+            text = "".join(pieces)
+            self._placed = (counter, text)
+        out.append(text)
+        return counter + self.ids
+
+
+def encode_fragment(value: Any) -> Fragment:
+    """Encode `value` for placing inside documents built later by `dumps` (see `Fragment`)."""
+    encoder = _Encoder()
+    encoder.counter = 0
+    try:
+        encoder.encode(value)
+    except RecursionError:
+        raise WireError("value is nested too deeply to encode") from None
+    return Fragment("".join(encoder.out), encoder.counter)
+
+
 def dumps(value: Any) -> str:
     """Encode `value` as an xml_marshaller document, exactly as the reference does (§3.1).
 
-    Accepts None, bool, int, float, str, bytes (UTF-8), tuple, list, set, dict, WireObject and any
-    object with a `__wire__()` method returning a WireObject."""
+    Accepts None, bool, int, float, str, bytes (UTF-8), tuple, list, set, dict, WireObject, any
+    object with a `__wire__()` method returning a WireObject, and `Fragment`s (values encoded
+    beforehand by `encode_fragment`)."""
     encoder = _Encoder()
     encoder.out.append("<marshal>")
     try:

@@ -116,3 +116,18 @@ def test_instance_xml_reference_sample():
     assert wire.dumps_instance_xml({}) == "<?xml version='1.0' encoding='utf-8'?>\n<instance/>\n"
     repeated = '<instance><parameter id="k">a</parameter><parameter id="k">b</parameter><parameter id="e"/></instance>'
     assert wire.loads_instance_xml(repeated) == {"k": "a b", "e": None}
+
+
+def test_fragments_encode_like_the_values_they_stand_for_at_any_position():
+    from slapos.slap.wire import WireObject, dumps, encode_fragment
+
+    shared = {"k": ["v", {"x": 1}]}
+    part = WireObject("ComputerPartition", ("C", "p0", None), {"_d": {"a": [1, 2]}, "_s": shared, "_t": shared})
+    fragment = encode_fragment(part)
+    assert "<reference" in dumps(part)  # the fragment holds a <reference> to its own container
+    for before in ([], [{"a": 1}], [[1], {"b": [2, 3]}, {"c": {}}]):
+        expected = dumps([*before, part, {"after": [1]}])
+        assert dumps([*before, fragment, {"after": [1]}]) == expected
+        # placed again at the same position (the cached text) and after moving
+        assert dumps([*before, fragment, {"after": [1]}]) == expected
+    assert dumps([fragment, fragment]).count("<object") == 2
