@@ -51,7 +51,7 @@ class NodeSettings:
         def pidfile(kind: str, default: str) -> Path:
             return config.get_path(s, f"pidfile_{kind}", None) or default_pid or Path(default)
 
-        timeout = config.get(s, "partition_timeout", None) or config.get(s, "partition-timeout", None)
+        timeout_key = "partition_timeout" if config.has(s, "partition_timeout") else "partition-timeout"
         settings = cls(
             config=config,
             computer_id=config.get(s, "computer_id"),
@@ -69,7 +69,7 @@ class NodeSettings:
             maximum_periodicity=config.get_int(s, "maximum_periodicity", 86400),
             maximal_delay=config.get_int(s, "maximal_delay", 0),
             promise_timeout=config.get_float(s, "promise_timeout", 20.0),
-            partition_timeout=float(timeout) if timeout else None,
+            partition_timeout=config.get_float(s, timeout_key, None),
             buildout_timeout=config.get_float(s, "buildout_timeout", 0.0) or None,
             shared_part_list=config.get(s, "shared_part_list", "").split(),
             build_time_part_list=config.get(s, "build_time_part_list", "").split(),

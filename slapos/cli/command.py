@@ -35,3 +35,55 @@ def add_format_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", choices=("table", "json"), default="table", help="output format (default: table)"
     )
+
+
+# Options of the slapgrid commands (node software, instance, promise, report, bang) overriding the
+# [slapos] key of the same name; each is spelled `--software-root` and, like the reference,
+# `--software_root`. `node_settings` reads them (and the numeric ones each command declares) back.
+_NODE_OPTION_METAVARS = {
+    "software_root": "DIR",
+    "instance_root": "DIR",
+    "certificate_repository_path": "DIR",
+    "master_url": "URL",
+    "computer_id": "ID",
+    "key_file": "FILE",
+    "cert_file": "FILE",
+    "master_ca_file": "FILE",
+}
+_PATH_OVERRIDES = ("software_root", "instance_root", "certificate_repository_path", "key_file", "cert_file",
+                   "master_ca_file")
+_VALUE_OVERRIDES = ("master_url", "computer_id", "promise_timeout", "maximum_periodicity", "partition_timeout",
+                    "buildout_timeout", "maximal_delay")
+
+
+def add_node_options(parser: argparse.ArgumentParser, *keys: str) -> None:
+    """`--cfg` and `--<key>` overriding [slapos] <key> for each key (see _NODE_OPTION_METAVARS)."""
+    add_cfg_argument(parser)
+    for key in keys:
+        parser.add_argument(f"--{key.replace('_', '-')}", f"--{key}", dest=key, metavar=_NODE_OPTION_METAVARS[key],
+                            help=f"override [slapos] {key}")
+
+
+def node_settings(args: argparse.Namespace, pidfile: str | None = None):
+    """(Config, NodeSettings) of `--cfg` with the command-line overrides present in `args`;
+    `--pidfile` overrides [slapos] `pidfile` (e.g. "pidfile_instance")."""
+    from pathlib import Path
+
+    from slapos.base.config import Config
+    from slapos.base.settings import NodeSettings
+
+    overrides = {}
+    for key in _PATH_OVERRIDES:
+        value = getattr(args, key, None)
+        overrides[key] = Path(value).expanduser() if value else None
+    for key in _VALUE_OVERRIDES:
+        overrides[key] = getattr(args, key, None)
+    if pidfile and getattr(args, "pidfile", None):
+        overrides[pidfile] = Path(args.pidfile).expanduser()
+    config = Config.load(args.cfg)
+    return config, NodeSettings.from_config(config, **overrides)
+
+
+def comma_list(values: list[str] | None) -> list[str]:
+    """`["a,b", " c "]` → `["a", "b", "c"]`: repeatable, comma-separated options (--only-sr, --only-cp)."""
+    return [item.strip() for value in (values or []) for item in value.split(",") if item.strip()]

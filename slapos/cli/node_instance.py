@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from .command import Command, add_cfg_argument, add_format_argument
+from .command import (
+    Command,
+    add_cfg_argument,
+    add_format_argument,
+    add_node_options,
+    comma_list,
+    node_settings,
+)
 
 INSTANCE_DESCRIPTION = """\
 Ask the master what each partition of this computer must run, then deploy it: instance buildout as
@@ -17,42 +24,9 @@ Exit codes: 0 all fine, 1 a partition failed, 2 only promises failed, 3 master u
 (running services are left alone), 5 not root, 10 another run holds the lock."""
 
 
-def _settings(args: argparse.Namespace, **extra):
-    from pathlib import Path
-
-    from slapos.base.config import Config
-    from slapos.base.settings import NodeSettings
-
-    config = Config.load(args.cfg)
-    overrides = {}
-    for key in ("software_root", "instance_root", "certificate_repository_path"):
-        value = getattr(args, key, None)
-        overrides[key] = Path(value) if value else None
-    for key in ("master_url", "computer_id", "promise_timeout", "maximum_periodicity", "partition_timeout"):
-        overrides[key] = getattr(args, key, None)
-    pidfile = getattr(args, "pidfile", None)
-    overrides["pidfile_instance"] = Path(pidfile) if pidfile else None
-    overrides.update(extra)
-    return config, NodeSettings.from_config(config, **overrides)
-
-
-def _ids(values: list[str] | None) -> list[str]:
-    return [item.strip() for value in (values or []) for item in value.split(",") if item.strip()]
-
-
 def _common(parser: argparse.ArgumentParser) -> None:
-    add_cfg_argument(parser)
-    parser.add_argument("--instance-root", "--instance_root", dest="instance_root", metavar="DIR",
-                        help="override [slapos] instance_root")
-    parser.add_argument("--software-root", "--software_root", dest="software_root", metavar="DIR",
-                        help="override [slapos] software_root")
-    parser.add_argument("--master-url", "--master_url", dest="master_url", metavar="URL",
-                        help="override [slapos] master_url")
-    parser.add_argument("--computer-id", "--computer_id", dest="computer_id", metavar="ID",
-                        help="override [slapos] computer_id")
-    parser.add_argument("--certificate-repository-path", "--certificate_repository_path",
-                        dest="certificate_repository_path", metavar="DIR",
-                        help="override [slapos] certificate_repository_path")
+    add_node_options(parser, "instance_root", "software_root", "master_url", "computer_id",
+                     "certificate_repository_path")
     parser.add_argument("--pidfile", metavar="FILE", help="override [slapos] pidfile_instance (the run lock)")
     parser.add_argument("--promise-timeout", "--promise_timeout", dest="promise_timeout", type=float,
                         metavar="SECONDS", help="time limit of each promise ([slapos] promise_timeout, default 20)")
@@ -86,12 +60,12 @@ def run_instance(args: argparse.Namespace) -> int:
     from slapos.base.errors import UsageError
     from slapos.grid.instance import InstanceOptions, InstanceRun
 
-    config, settings = _settings(args)
+    config, settings = node_settings(args, pidfile="pidfile_instance")
     settings.check_root()
     jobs = args.jobs if args.jobs is not None else config.get_int("slapos", "instance_jobs", 1)
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, not {jobs}")
-    only = _ids(args.only_cp) or _ids([config.get("slapos", "only_cp", config.get("slapos", "only-cp", ""))])
+    only = comma_list(args.only_cp) or comma_list([config.get("slapos", "only_cp", config.get("slapos", "only-cp", ""))])
     options = InstanceOptions(
         only_cp=only or None,
         force=args.force or config.get_bool("slapos", "develop", False),
@@ -107,15 +81,15 @@ def run_instance(args: argparse.Namespace) -> int:
 def run_promise(args: argparse.Namespace) -> int:
     from slapos.grid.instance import run_node_promise
 
-    _config, settings = _settings(args)
+    _config, settings = node_settings(args, pidfile="pidfile_instance")
     settings.check_root()
-    return run_node_promise(settings, _ids(args.only_cp) or None)
+    return run_node_promise(settings, comma_list(args.only_cp) or None)
 
 
 def _supervisor(args: argparse.Namespace):
     from slapos.grid.supervisor import Supervisor
 
-    _config, settings = _settings(args)
+    _config, settings = node_settings(args, pidfile="pidfile_instance")
     settings.check_root()
     return Supervisor(settings)
 
@@ -183,7 +157,7 @@ def run_status(args: argparse.Namespace) -> int:
 
     from slapos.grid.status import all_statuses, format_table
 
-    _config, settings = _settings(args)
+    _config, settings = node_settings(args, pidfile="pidfile_instance")
     statuses = all_statuses(settings)
     if args.format == "json":
         print(json.dumps([s.to_dict() for s in statuses], indent=2, sort_keys=True))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .command import Command, add_cfg_argument
+from .command import Command, add_node_options, comma_list, node_settings
 
 DESCRIPTION = """\
 Ask the master which software releases this computer must hold, then build each missing one
@@ -14,7 +14,7 @@ present) costs nothing. Exit codes: 0 all fine, 1 a release failed or the master
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
-    add_cfg_argument(parser)
+    add_node_options(parser, "software_root", "instance_root", "master_url", "computer_id")
     parser.add_argument("--only-sr", "--only_sr", "--only", dest="only", action="append", metavar="URL|MD5[,...]",
                         help="process only these software releases (URL or md5; comma-separated, repeatable); "
                              "does not force a rebuild")
@@ -30,43 +30,19 @@ def arguments(parser: argparse.ArgumentParser) -> None:
                         help="sleep a random 1..SECONDS before starting, unless --now ([slapos] maximal_delay)")
     parser.add_argument("--buildout-timeout", "--buildout_timeout", dest="buildout_timeout", type=float,
                         metavar="SECONDS", help="kill a build running longer ([slapos] buildout_timeout; default none)")
-    parser.add_argument("--software-root", "--software_root", dest="software_root", metavar="DIR",
-                        help="override [slapos] software_root")
-    parser.add_argument("--instance-root", "--instance_root", dest="instance_root", metavar="DIR",
-                        help="override [slapos] instance_root")
-    parser.add_argument("--master-url", "--master_url", dest="master_url", metavar="URL",
-                        help="override [slapos] master_url")
-    parser.add_argument("--computer-id", "--computer_id", dest="computer_id", metavar="ID",
-                        help="override [slapos] computer_id")
     parser.add_argument("--pidfile", metavar="FILE", help="override [slapos] pidfile_software (the run lock)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from slapos.base.config import Config
     from slapos.base.errors import UsageError
-    from slapos.base.settings import NodeSettings
     from slapos.grid.software import SoftwareOptions, run_software
 
-    config = Config.load(args.cfg)
-    settings = NodeSettings.from_config(
-        config,
-        software_root=Path(args.software_root) if args.software_root else None,
-        instance_root=Path(args.instance_root) if args.instance_root else None,
-        master_url=args.master_url,
-        computer_id=args.computer_id,
-        pidfile_software=Path(args.pidfile) if args.pidfile else None,
-        buildout_timeout=args.buildout_timeout,
-    )
+    config, settings = node_settings(args, pidfile="pidfile_software")
     settings.check_root()
     jobs = args.jobs if args.jobs is not None else config.get_int("slapos", "software_jobs", 1)
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, not {jobs}")
-    only = [item.strip() for value in (args.only or []) for item in value.split(",") if item.strip()]
-    if not only:
-        only = [item for item in config.get("slapos", "only_sr", config.get("slapos", "only-sr", "")).split(",")
-                if item.strip()]
+    only = comma_list(args.only) or comma_list([config.get("slapos", "only_sr", config.get("slapos", "only-sr", ""))])
     options = SoftwareOptions(
         only=only,
         # a real boolean (the reference enables it for any non-empty value, even "false")
@@ -74,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         jobs=jobs,
         buildout_debug=args.buildout_debug or config.get_bool("slapos", "buildout_debug", False),
         now=args.now,
-        maximal_delay=args.maximal_delay if args.maximal_delay is not None else settings.maximal_delay,
+        maximal_delay=settings.maximal_delay,
     )
     return run_software(settings, options)
 

@@ -62,3 +62,36 @@ def test_invalid_ini_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="not valid INI") as err:
         Config(write(tmp_path, "no section header\n"))
     assert "\n" not in str(err.value)
+
+
+def test_partition_timeout_either_spelling_and_bad_value_is_one_line(tmp_path):
+    assert NodeSettings.from_config(Config(write(tmp_path, NODE_CFG))).partition_timeout is None
+    dashed = Config(write(tmp_path, NODE_CFG + "partition-timeout = 30\n", "dashed.cfg"))
+    assert NodeSettings.from_config(dashed).partition_timeout == 30.0
+    both = Config(write(tmp_path, NODE_CFG + "partition_timeout = 12.5\npartition-timeout = 30\n", "both.cfg"))
+    assert NodeSettings.from_config(both).partition_timeout == 12.5
+    bad = Config(write(tmp_path, NODE_CFG + "partition_timeout = soon\n", "bad.cfg"))
+    with pytest.raises(ConfigError, match=r"key 'partition_timeout' in section \[slapos\].*must be a number") as err:
+        NodeSettings.from_config(bad)
+    assert "\n" not in str(err.value)
+
+
+def test_node_command_line_overrides(tmp_path):
+    import argparse
+
+    from slapos.cli.command import add_node_options, comma_list, node_settings
+
+    parser = argparse.ArgumentParser()
+    add_node_options(parser, "software_root", "instance_root", "master_url")
+    parser.add_argument("--pidfile")
+    args = parser.parse_args(["--cfg", str(write(tmp_path, NODE_CFG)), "--software_root", str(tmp_path / "sr2"),
+                              "--master-url", "http://10.0.0.1/", "--pidfile", str(tmp_path / "x.pid")])
+    config, settings = node_settings(args, pidfile="pidfile_report")
+    assert config.path == tmp_path / "slapos.cfg"
+    assert settings.software_root == tmp_path / "sr2"
+    assert settings.instance_root.as_posix() == "/srv/slapgrid"  # not given: the configuration's
+    assert settings.master_url == "http://10.0.0.1/"
+    assert settings.pidfile_report == tmp_path / "x.pid"
+    assert settings.pidfile_instance != tmp_path / "x.pid"
+    assert comma_list(["a, b", " ,c", ""]) == ["a", "b", "c"]
+    assert comma_list(None) == []
