@@ -65,7 +65,6 @@ def local_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_local(args: argparse.Namespace) -> int:
     from slapos.base.config import Config
-    from slapos.base.logs import setup_logging
 
     from .standalone import (
         Layout,
@@ -106,11 +105,9 @@ def run_local(args: argparse.Namespace) -> int:
             f"slapos node supervisord --cfg {cfg}",
         ]
     else:
-        verbosity = getattr(args, "verbose", 0) - getattr(args, "quiet", 0)
         if proxy is not None:
             proxy.start()
         code = run_slapos("node", "format", "--cfg", str(cfg), "--now", *(["--debug"] if args.debug else []))
-        setup_logging(verbosity, getattr(args, "log_file", None), args.debug)
         if code != 0:
             raise SlapOSError(f"formatting failed (exit {code}); fix the cause above, then run "
                               f"`slapos node format --cfg {cfg} --now`", exit_code=code)
@@ -122,7 +119,6 @@ def run_local(args: argparse.Namespace) -> int:
                             "never runs as root; rerun with --owner USER")
         if command_available("node", "supervisord"):
             code = run_slapos("node", "supervisord", "--cfg", str(cfg))
-            setup_logging(verbosity, getattr(args, "log_file", None), args.debug)
             if code != 0:
                 log.warning("supervisord did not start (exit %d): run `slapos node supervisord --cfg %s`", code, cfg)
         else:

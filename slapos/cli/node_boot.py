@@ -96,7 +96,6 @@ def remove_timestamps(instance_root: Path, base_name: str) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from slapos.base.config import Config
-    from slapos.base.logs import setup_logging
     from slapos.base.settings import NodeSettings
 
     from .standalone import LocalProxy, command_available, run_slapos
@@ -105,13 +104,10 @@ def run(args: argparse.Namespace) -> int:
     settings = NodeSettings.from_config(config)
     settings.check_root()
     cfg = str(config.path)
-    verbosity = getattr(args, "verbose", 0) - getattr(args, "quiet", 0)
     common = ["--debug"] if args.debug else []
 
     def slapos(*argv: str) -> int:
-        code = run_slapos(*argv, *common)
-        setup_logging(verbosity, getattr(args, "log_file", None), args.debug)  # the command reset it
-        return code
+        return run_slapos(*argv, *common)
 
     deadline = time.monotonic() + args.timeout
     proxy = LocalProxy.from_config(config)

@@ -31,11 +31,23 @@ LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
 def run_slapos(*argv: str) -> int:
-    """Run another `slapos` command in this process (same code, no interpreter start)."""
+    """Run another `slapos` command in this process (same code, no interpreter start). That
+    command sets up logging for itself; the caller's logging is given back afterwards."""
     from .main import main
 
     log.debug("running: slapos %s", " ".join(argv))
-    return main(list(argv))
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        return main(list(argv))
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            if handler not in handlers:
+                handler.close()
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
 
 
 def command_available(*path: str) -> bool:

@@ -229,3 +229,29 @@ def test_example_configuration_documents_both_layouts(tmp_path):
     assert checked >= 12
     settings = NodeSettings.from_config(written)
     assert settings.root_check is False and str(settings.pidfile_instance) == "/home/alice/slapos/var/slapgrid-cp.pid"
+
+
+def test_a_command_run_in_process_gives_the_callers_logging_back(tmp_path):
+    import logging
+
+    from slapos.cli.standalone import run_slapos
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    mine = logging.StreamHandler()
+    for handler in saved_handlers:
+        root.removeHandler(handler)
+    root.addHandler(mine)
+    root.setLevel(logging.ERROR)
+    try:
+        code = run_slapos("configure", "client", "--master-url", "http://127.0.0.1:1/",
+                          "--output", str(tmp_path / "client.cfg"))
+        assert code == 0
+        assert (tmp_path / "client.cfg").is_file()
+        assert root.handlers == [mine]
+        assert root.level == logging.ERROR
+    finally:
+        root.removeHandler(mine)
+        for handler in saved_handlers:
+            root.addHandler(handler)
+        root.setLevel(saved_level)
