@@ -316,17 +316,20 @@ class Formatter:
             partition.tap.ipv4_gateway = gw.addr
             partition.tap.ipv4_network = str(network.network_address)
 
+    def _connect(self):
+        """A connection to the master with the node's identity ([slapos] key_file, cert_file, master_ca_file)."""
+        from slapos.base.settings import connect
+
+        o = self.options
+        return connect(o.master_url, o.key_file, o.cert_file, o.master_ca_file)
+
     # -- extra partitions (partition_amount lowered) ------------------------------------------------
     def _busy_at_master(self, references: list[str]) -> dict[str, str]:
         """Which of these partitions the master says are in use (reason by reference)."""
         o = self.options
         busy: dict[str, str] = {}
         try:
-            from slapos.slap import slap
-
-            connection = slap()
-            connection.initializeConnection(o.master_url, key_file=_str(o.key_file), cert_file=_str(o.cert_file))
-            for partition in connection.registerComputer(o.computer_id).getComputerPartitionList():
+            for partition in self._connect().registerComputer(o.computer_id).getComputerPartitionList():
                 reference = partition.getId()
                 if reference not in references:
                     continue
@@ -380,6 +383,12 @@ class Formatter:
             return []
         return sorted(p for p in home.iterdir() if p.is_dir() and p.name.startswith("data"))
 
+    def _ip_address(self, ref: str, address: Address, nodad: bool = False) -> IPAddress:
+        """A partition address on its interface (IPv4 on interface_name, IPv6 on ipv6_interface)."""
+        ifname = self.interface_name if address.version == 4 else self.ipv6_interface
+        prefixlen = 32 if address.version == 4 and address.netmask == "255.255.255.255" else address.prefixlen
+        return IPAddress(ref, ifname, address.addr, prefixlen, nodad)
+
     def plan_partition(self, partition: Partition, bridge: str | None) -> list[Action]:
         o = self.options
         ref = partition.reference
@@ -395,9 +404,7 @@ class Formatter:
         if o.alter_network:
             nodad = not o.ipv6_dad
             for address in partition.address_list:
-                ifname = self.interface_name if address.version == 4 else self.ipv6_interface
-                prefixlen = 32 if address.version == 4 and address.netmask == "255.255.255.255" else address.prefixlen
-                actions += IPAddress(ref, ifname, address.addr, prefixlen, nodad).plan(self.net)
+                actions += self._ip_address(ref, address, nodad).plan(self.net)
             if partition.ipv6_range:
                 actions += Route(ref, partition.ipv6_range.network, "lo", local=True).plan(self.net)
             if o.create_tap and partition.tap and partition.tap.name:
@@ -420,9 +427,7 @@ class Formatter:
             if partition.tap and partition.tap.name and self.net.is_tap(partition.tap.name):
                 actions += TapDevice(ref, partition.tap.name, partition.user.name).remove(self.net)
             for address in partition.address_list:
-                ifname = self.interface_name if address.version == 4 else self.ipv6_interface
-                prefixlen = 32 if address.version == 4 and address.netmask == "255.255.255.255" else address.prefixlen
-                actions += IPAddress(ref, ifname, address.addr, prefixlen).remove(self.net)
+                actions += self._ip_address(ref, address).remove(self.net)
             if partition.ipv6_range:
                 actions += Route(ref, partition.ipv6_range.network, "lo", local=True).remove(self.net)
         path = Path(partition.path)
@@ -536,20 +541,12 @@ class Formatter:
     def report(self, result: FormatResult, xml: str) -> None:
         o = self.options
         try:
-            from slapos.slap import slap
-
-            connection = slap()
-            connection.initializeConnection(o.master_url, key_file=_str(o.key_file), cert_file=_str(o.cert_file))
-            connection.registerComputer(o.computer_id).updateConfiguration(xml)
+            self._connect().registerComputer(o.computer_id).updateConfiguration(xml)
         except Exception as e:  # any failure to tell the master is the "offline success" of the reference
             result.report_error = str(e)
             log.error("computer %s: prepared, but the master at %s was not told: %s", o.computer_id, o.master_url, e)
             return
         result.reported = True
-
-
-def _str(path: Path | None) -> str | None:
-    return str(path) if path else None
 
 
 def run_format(options: FormatOptions, dry_run: bool = False, out=None) -> FormatResult:

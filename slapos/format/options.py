@@ -47,6 +47,7 @@ class FormatOptions:
     certificate_repository_path: Path | None = None
     key_file: Path | None = None
     cert_file: Path | None = None
+    master_ca_file: Path | None = None
     log_file: Path | None = None
     root_check: bool = True
     random_delay: int = DEFAULT_RANDOM_DELAY
@@ -128,6 +129,7 @@ class FormatOptions:
             certificate_repository_path=path("certificate_repository_path"),
             key_file=path("key_file"),
             cert_file=path("cert_file"),
+            master_ca_file=path("master_ca_file"),
             log_file=path("log_file"),
             root_check=config.get_bool("slapos", "root_check", True),
             random_delay=integer("random_delay", DEFAULT_RANDOM_DELAY),

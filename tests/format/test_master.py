@@ -66,3 +66,11 @@ def test_partition_busy_at_the_master_is_kept(proxy, tmp_path, caplog):
     assert f"{busy}: kept although partition_amount is 0: in use at the master" in caplog.text
     assert partition_ids(proxy, proxy.computer_id) == [busy]
     assert [p.reference for p in load_computer(options.computer_xml).partition_list] == [busy]
+
+
+def test_master_identity_includes_the_ca_file(tmp_path):
+    """format talks to the master with the node's whole identity, like every other node command."""
+    ca = tmp_path / "ca.pem"
+    options = load_options(write_config(tmp_path / "node", 1, slapos={"master_ca_file": str(ca)}))
+    assert options.master_ca_file == ca
+    assert load_options(write_config(tmp_path / "other", 1)).master_ca_file is None
