@@ -224,6 +224,7 @@ class SoftwareAgent:
         self.options = options
         self.software_root = Path(settings.software_root)
         self._master_lock = threading.Lock()
+        self._cache_lock = threading.Lock()  # build threads must not see a half-made cache client
         self._cache = None
         self._cache_loaded = False
         self._owner = None
@@ -454,19 +455,20 @@ class SoftwareAgent:
     @property
     def cache(self):
         """The binary cache client, or None when [networkcache] configures none."""
-        if not self._cache_loaded:
-            self._cache_loaded = True
-            if self.settings.networkcache:
-                from .cache import BinaryCache, CacheConfig
+        with self._cache_lock:
+            if not self._cache_loaded:
+                self._cache_loaded = True
+                if self.settings.networkcache:
+                    from .cache import BinaryCache, CacheConfig
 
-                config = CacheConfig.from_options(self.settings.networkcache)
-                if config is not None:
-                    if (config.download_dir_url and not config.trusted_keys):
-                        logger.warning(
-                            "binary cache downloads disabled: [networkcache] signature-certificate-list "
-                            "is empty, so no archive could be trusted"
-                        )
-                    self._cache = BinaryCache(config, self.software_root)
+                    config = CacheConfig.from_options(self.settings.networkcache)
+                    if config is not None:
+                        if config.download_dir_url and not config.trusted_keys:
+                            logger.warning(
+                                "binary cache downloads disabled: [networkcache] signature-certificate-list "
+                                "is empty, so no archive could be trusted"
+                            )
+                        self._cache = BinaryCache(config, self.software_root)
         return self._cache
 
     def _fetch(self, url: str, key: str, label: str, path: Path) -> bool:
