@@ -63,25 +63,28 @@ def read_float(path: str | Path) -> float | None:
 
 def write_small(path: str | Path, data: bytes, mode: int = 0o644, owner: tuple[int, int] | None = None) -> None:
     """Replace `path` atomically with `data`: a temporary file created exclusively next to it,
-    then renamed over it (rename replaces a symlink instead of writing through it)."""
+    then renamed over it (rename replaces a symlink instead of writing through it). The
+    temporary name is random, so a tenant cannot plant something there beforehand, and it is
+    removed on any failure."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
+    tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
-        os.write(fd, data)
-        os.fchmod(fd, mode)
-        if owner is not None and os.geteuid() == 0:
-            os.fchown(fd, *owner)
-    finally:
-        os.close(fd)
-    try:
+        try:
+            view = memoryview(data)
+            while view:  # os.write may write less than asked (a large ledger, a full disk)
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
+            if owner is not None and os.geteuid() == 0:
+                os.fchown(fd, *owner)
+        finally:
+            os.close(fd)
         os.rename(tmp, path)
-    except OSError:
-        os.unlink(tmp)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         raise
 
 

@@ -18,13 +18,13 @@ It raises `ProcessTimeout` when the timeout expires (the process tree is killed 
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from slapos.base import tenantfs
 from slapos.base.errors import SlapOSError
 
 from . import process
@@ -151,8 +151,5 @@ def write_runner_script(path: str | Path, python: str | None = None) -> bool:
     except OSError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+    tenantfs.write_small(path, text.encode(), mode=0o755)
     return True

@@ -129,6 +129,16 @@ def test_write_small_replaces_a_planted_symlink_instead_of_writing_through_it(tm
     assert oct(planted.stat().st_mode & 0o777) == "0o640"
 
 
+def test_write_small_writes_everything_and_leaves_no_temporary_file(tmp_path):
+    data = os.urandom(3 << 20)
+    tenantfs.write_small(tmp_path / "ledger", data)
+    assert (tmp_path / "ledger").read_bytes() == data
+    (tmp_path / "taken").mkdir()  # renaming a file over a directory fails
+    with pytest.raises(OSError):
+        tenantfs.write_small(tmp_path / "taken", b"x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger", "taken"]
+
+
 def test_space_used_counts_files_once_and_stays_inside(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
