@@ -34,9 +34,7 @@ from typing import TYPE_CHECKING
 from slapos.base import tenantfs
 from slapos.base.errors import SlapOSError
 
-# The partition check lives in partition.py, shared with node instance and the watchdog (both
-# names stay importable from here).
-from .partition import NODE_DIRECTORIES, Partition, check_is_partition  # noqa: F401
+from .partition import Partition, check_is_partition
 
 if TYPE_CHECKING:  # pragma: no cover
     from slapos.base.settings import NodeSettings

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from slapos.base.errors import EXIT_FAILED, EXIT_OK, SlapOSError
 
 from . import destroy, usage
-from .partition import Partition, PartitionError, check_partition_id
+from .partition import Partition, PartitionError, check_is_partition
 
 if TYPE_CHECKING:  # pragma: no cover
     from slapos.base.settings import NodeSettings
@@ -94,22 +94,23 @@ class ReportRun:
         log.info("%s", result.summary())
         return result
 
-    def classify(self, partitions, result: ReportResult) -> tuple[list, list]:
-        """(used partitions present here, the ones among them to destroy); free ones skipped."""
+    def classify(self, partitions, result: ReportResult) -> tuple[list[tuple[object, Partition]], list]:
+        """([(cp, its checked Partition)] for the used partitions present here, the cps among
+        them to destroy); free ones skipped."""
         used, to_destroy = [], []
         for cp in partitions:
             try:
-                partition_id = check_partition_id(cp.getId())
+                partition = Partition(self.settings, cp.getId())  # refuses a bad id, even of a free one
                 software = cp.getSoftwareRelease()
                 if software is None or not software.getURI():
                     continue  # free: nothing of a tenant to measure or destroy
-                destroy.check_is_partition(Partition(self.settings, partition_id))
+                check_is_partition(partition)
                 state = cp.getState()
             except PartitionError as e:
                 log.error("%s", e)
                 result.errors.append(str(e))
                 continue
-            used.append(cp)
+            used.append((cp, partition))
             if state == "destroyed":
                 to_destroy.append(cp)
         return used, to_destroy
@@ -131,14 +132,13 @@ class ReportRun:
                 pids.setdefault(info.get("group", ""), []).append(int(info["pid"]))
         return pids
 
-    def report_usage(self, computer, used: list, result: ReportResult) -> None:
+    def report_usage(self, computer, used: list[tuple[object, Partition]], result: ReportResult) -> None:
         root = Path(self.settings.instance_root)
         pids = self.supervised_pids()
         refs = []
         report_files: list[usage.ReportFile] = []
         extra: dict[str, list[usage.Movement]] = {}
-        for cp in used:
-            partition = Partition(self.settings, cp.getId())
+        for cp, partition in used:
             refs.append(usage.PartitionRef(partition.id, partition.path, pids.get(partition.id, [])))
             try:
                 failure = run_report_scripts(self.settings, partition)

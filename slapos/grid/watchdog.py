@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import stat
 import sys
 import time
 from collections.abc import Callable
@@ -74,7 +73,6 @@ class Watchdog:
 
     def __post_init__(self) -> None:
         self.instance_root = Path(self.instance_root)
-        self._root = os.path.realpath(self.instance_root)
         # (group, process name) -> when supervisord said it was RUNNING (this listener's lifetime)
         self.running_since: dict[tuple[str, str], float] = {}
 
@@ -119,24 +117,16 @@ class Watchdog:
 
     def partition_path(self, group: str) -> Path | None:
         """The partition directory named by a supervisord group, only if it really is one of
-        ours: a plain id, an existing real directory directly under instance_root, not one of
-        the node's own directories, not root's (when we are root)."""
-        from .partition import PartitionError, check_partition_id
+        ours: the check node instance and node report make (a plain id, not one of the node's
+        own directories, a real directory under instance_root, not root's when we are root)."""
+        from .partition import Partition, PartitionError, check_is_partition
 
         try:
-            check_partition_id(group)
-        except PartitionError:
+            partition = Partition(self, group)  # it reads only `instance_root` of its settings
+            check_is_partition(partition)
+        except (PartitionError, OSError):
             return None
-        path = self.instance_root / group
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return None
-        if not stat.S_ISDIR(st.st_mode) or os.path.dirname(os.path.realpath(path)) != self._root:
-            return None
-        if os.geteuid() == 0 and st.st_uid == 0:
-            return None
-        return path
+        return partition.path
 
     # -- bang state ------------------------------------------------------------------------
 
