@@ -120,10 +120,9 @@ class CacheConfig:
         certificates = _opt(o, "signature-certificate-list")
         if certificates:
             config.trusted_keys = load_trusted_keys(certificates)
-        for name in ("signature_private_key_file",):
-            path = getattr(config, name)
-            if path is not None and not path.is_file():
-                raise ConfigError(f"[networkcache] {name.replace('_', '-')} {path} does not exist")
+        key_file = config.signature_private_key_file
+        if key_file is not None and not key_file.is_file():
+            raise ConfigError(f"[networkcache] signature-private-key-file {key_file} does not exist")
         for tls in (config.shacache_tls, config.shadir_tls):
             for path in tls:
                 if path and not os.path.isfile(path):

@@ -209,7 +209,6 @@ def run(
     log_file: str | Path | None = None,
     on_line: Callable[[str], None] | None = None,
     max_output: int = 1 << 20,
-    capture: bool = True,
 ) -> Result:
     """Run argv (no shell), stdin closed, stdout+stderr merged and captured line by line.
 
@@ -223,8 +222,8 @@ def run(
             cwd=str(cwd),
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if capture else None,
-            stderr=subprocess.STDOUT if capture else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             preexec_fn=_demote(identity, umask),
             start_new_session=True,
             close_fds=True,
@@ -234,11 +233,9 @@ def run(
             log.close()
         raise SlapOSError(f"cannot run {argv[0]}: {e.strerror}") from None
     deadline = start + timeout if timeout else None
-    output = b""
     try:
-        if capture:
-            assert proc.stdout is not None
-            output = pump_output(proc.stdout.fileno(), deadline, log, on_line, max_output)
+        assert proc.stdout is not None
+        output = pump_output(proc.stdout.fileno(), deadline, log, on_line, max_output)
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         returncode = proc.wait(remaining)
     except (subprocess.TimeoutExpired, TimeoutError):
