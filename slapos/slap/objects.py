@@ -528,8 +528,9 @@ class ComputerPartition(_SlapObject):
 
 
 def _as_stored(parameters: Mapping[str, Any]) -> dict[str, str | None]:
-    """Parameters as a master stores and returns them (through instance XML): text, '' → None."""
-    return {str(k): (str(v) if v is not None and str(v) != "" else None) for k, v in parameters.items()}
+    """Parameters as a master stores and returns them (through instance XML, SLAP-PROTOCOL §10.2):
+    str() of each value (None → 'None'), '' → None."""
+    return {str(k): str(v) or None for k, v in parameters.items()}
 
 
 def _register_partition(connection: Connection, computer_id: str, partition_id: str) -> ComputerPartition:

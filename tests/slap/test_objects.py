@@ -274,6 +274,17 @@ def test_set_connection_dict_unchanged_from_the_master_sends_nothing(master, con
     assert [r.endpoint for r in master.requests] == ["getFullComputerInformation"]
 
 
+def test_set_connection_dict_none_is_stored_as_text(master, connected):
+    # a master stores str(value): None comes back as 'None', which must not look like a change
+    master.answer("getFullComputerInformation", FULL_COMPUTER.replace(
+        '<string>_connection_dict</string><dictionary id="i7"/>',
+        '<string>_connection_dict</string><dictionary id="i7"><string>token</string><string>None</string>'
+        "<string>url</string><none/></dictionary>"))
+    partition = connected.registerComputer("COMP-DEMO").getComputerPartitionList()[0]
+    partition.setConnectionDict({"token": None, "url": ""})
+    assert [r.endpoint for r in master.requests] == ["getFullComputerInformation"]
+
+
 def test_get_certificate(master, connected):
     master.answer("getComputerPartitionCertificate", capture(22).response)
     assert connected.registerComputerPartition("COMP-DEMO", "slappart0").getCertificate() == {"certificate": "", "key": ""}
