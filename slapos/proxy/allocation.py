@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import BadRequest, Conflict, NotFound
-from .values import dump_params, load_params
+from .values import dump_params
 
 log = logging.getLogger("slapos.proxy")
 
@@ -61,7 +61,7 @@ def check_state(state: str | None, what: str = "state") -> str | None:
     raise BadRequest(f"invalid {what} {state!r}: use started, stopped or destroyed")
 
 
-def _bump_sql(where: str) -> str:
+def bump_sql(where: str) -> str:
     # strictly greater than the stored value, even if the wall clock went backwards
     return f"UPDATE partition SET timestamp = max(?, coalesce(timestamp, 0) + 0.000001) WHERE {where}"
 
@@ -70,7 +70,7 @@ def bump_partition(conn: sqlite3.Connection, computer_id: str | None, partition_
     if not computer_id or not partition_id or partition_id == USER:
         return
     conn.execute(
-        _bump_sql("computer_reference = ? AND reference = ? AND slap_state = 'busy'"),
+        bump_sql("computer_reference = ? AND reference = ? AND slap_state = 'busy'"),
         (time.time(), computer_id, partition_id),
     )
 
@@ -384,7 +384,7 @@ def bang(conn: sqlite3.Connection, computer_id: str, partition_id: str) -> int:
     row = busy_partition(conn, computer_id, partition_id)
     root = row["requested_by"] or row["title"]
     cursor = conn.execute(
-        _bump_sql("slap_state = 'busy' AND ((requested_by = '' AND title = ?) OR requested_by = ?)"),
+        bump_sql("slap_state = 'busy' AND ((requested_by = '' AND title = ?) OR requested_by = ?)"),
         (time.time(), root, root),
     )
     return cursor.rowcount
@@ -500,7 +500,3 @@ def free_partition(conn: sqlite3.Connection, computer_id: str, partition_id: str
     conn.execute(
         "UPDATE slave SET hosted_by = NULL WHERE computer_reference = ? AND hosted_by = ?", (computer_id, partition_id)
     )
-
-
-def connection_of(row: sqlite3.Row) -> dict:
-    return load_params(row["connection"])

@@ -69,6 +69,12 @@ _DECODED = _BoundedCache(2048)
 _FORMS = _BoundedCache(1024)
 
 
+def new_run_id() -> str:
+    """A random id for one proxy run (`getRunId`): a client seeing it change knows the proxy restarted."""
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(32))
+
+
 @dataclass
 class Response:
     body: bytes
@@ -195,8 +201,7 @@ class ProxyApp:
         self.config = config
         self.db = db if db is not None else Database.open(config.database)
         self.cache = documents.DocumentCache(self.db)
-        alphabet = string.ascii_letters + string.digits
-        self.run_id = "".join(secrets.choice(alphabet) for _ in range(32))
+        self.run_id = new_run_id()
         self.mounts: list[tuple[str, Callable]] = []
         # binary cache for nodes (slapos node software); answers 503 until configured
         self.mount("/shacache", CacheServer(*(config.shacache_directories or (None, None))))
@@ -337,8 +342,7 @@ class ProxyApp:
 
         def build() -> wire.WireObject:
             with self.db.read() as conn:
-                if computer_id != self.config.computer_id and not documents.computer_known(conn, computer_id):
-                    raise NotFound(f"unknown computer {computer_id!r}: format it first (slapos node format)")
+                computers.require_computer(conn, computer_id, self.config.computer_id)
                 return documents.computer_document(conn, computer_id)
 
         return xml(self.cache.get(("computer", computer_id), build))
@@ -418,8 +422,7 @@ class ProxyApp:
         state = _state_field(req)
         header = req.partition_header()
         if header is None and req.optional("computer_partition_id"):
-            header = (req.field("computer_id") if "computer_id" in req.fields else self.config.computer_id,
-                      req.field("computer_partition_id"))
+            header = (req.fields.get("computer_id", self.config.computer_id), req.field("computer_partition_id"))
         request = allocation.InstanceRequest(
             software_release, software_type, title, parameters, filter_kw, state, self.config.computer_id
         )

@@ -24,6 +24,8 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from slapos.base import tenantfs
+
 log = logging.getLogger("slapos.proxy")
 
 PREFIX = "/shacache/"
@@ -69,11 +71,6 @@ class CacheServer:
             if directory is not None:
                 directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, str]) -> CacheServer:
-        directories = cache_directories(section)
-        return cls(*directories) if directories else cls(None, None)
 
     @property
     def configured(self) -> bool:
@@ -186,9 +183,7 @@ class CacheServer:
             if entry not in entries:
                 entries.append(entry)
             entries = entries[-MAX_ENTRIES:]
-            tmp = path.with_name(f".{key}.{secrets.token_hex(4)}")
-            tmp.write_text(json.dumps(entries))
-            os.replace(tmp, path)
+            tenantfs.write_small(path, json.dumps(entries).encode())
         log.info("binary cache: entry added for %s", key)
         return self._text(start_response, "201 Created", "stored")
 

@@ -8,7 +8,7 @@ import sqlite3
 import time
 from typing import Any
 
-from .allocation import MAX_ERROR_LOG
+from .allocation import MAX_ERROR_LOG, bump_sql
 from .errors import BadRequest, NotFound
 
 log = logging.getLogger("slapos.proxy")
@@ -161,9 +161,5 @@ def computer_bang(conn: sqlite3.Connection, computer_id: str, message: str, defa
     conn.execute(
         "UPDATE computer SET bang_at = ?, bang_message = ? WHERE reference = ?", (now, message, computer_id)
     )
-    cursor = conn.execute(
-        "UPDATE partition SET timestamp = max(?, coalesce(timestamp, 0) + 0.000001) "
-        "WHERE computer_reference = ? AND slap_state = 'busy'",
-        (now, computer_id),
-    )
+    cursor = conn.execute(bump_sql("computer_reference = ? AND slap_state = 'busy'"), (now, computer_id))
     return cursor.rowcount

@@ -15,10 +15,10 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 
-from slapos.slap.wire import Fragment, WireObject, dumps, encode_fragment
+from slapos.slap.wire import Fragment, WireObject, dumps, dumps_instance_xml, encode_fragment
 
+from .allocation import any_partition
 from .db import Database
-from .errors import NotFound
 from .values import load_params
 
 SERVER_URL_PLACEHOLDER = "slap_server_url"  # the reference sends this literal text
@@ -96,19 +96,12 @@ def computer_partition(row: sqlite3.Row, ip_list: list[tuple], slaves: list[dict
 def ip_lists(conn: sqlite3.Connection, computer_id: str, partition_id: str | None = None) -> dict[str, list]:
     """partition id → [(interface, address), ...] in format order."""
     result: dict[str, list] = defaultdict(list)
-    if partition_id is None:
-        cursor = _tuples(conn).execute(
-            "SELECT partition_reference, interface, address FROM partition_network "
-            "WHERE computer_reference = ? ORDER BY rowid",
-            (computer_id,),
-        )
-    else:
-        cursor = _tuples(conn).execute(
-            "SELECT partition_reference, interface, address FROM partition_network "
-            "WHERE computer_reference = ? AND partition_reference = ? ORDER BY rowid",
-            (computer_id, partition_id),
-        )
-    for partition, interface, address in cursor:
+    sql = "SELECT partition_reference, interface, address FROM partition_network WHERE computer_reference = ?"
+    args: tuple = (computer_id,)
+    if partition_id is not None:
+        sql += " AND partition_reference = ?"
+        args = (computer_id, partition_id)
+    for partition, interface, address in _tuples(conn).execute(sql + " ORDER BY rowid", args):
         result[partition].append((interface, address))
     return result
 
@@ -120,8 +113,10 @@ def _tuples(conn: sqlite3.Connection) -> sqlite3.Cursor:
     return cursor
 
 
-def slave_lists(conn: sqlite3.Connection, computer_id: str, partition_id: str | None = None) -> dict[str, list]:
-    """hosting partition id → its slave_instance_list (shared instances not destroyed)."""
+def slave_rows(
+    conn: sqlite3.Connection, computer_id: str, partition_id: str | None = None
+) -> dict[str, list[sqlite3.Row]]:
+    """hosting partition id → the rows of its shared instances (not destroyed), in request order."""
     result: dict[str, list] = defaultdict(list)
     sql = (
         "SELECT * FROM slave WHERE computer_reference = ? AND hosted_by IS NOT NULL "
@@ -132,12 +127,8 @@ def slave_lists(conn: sqlite3.Connection, computer_id: str, partition_id: str | 
         sql += " AND hosted_by = ?"
         args = (computer_id, partition_id)
     for row in conn.execute(sql + " ORDER BY rowid", args):
-        result[row["hosted_by"]].append(slave_entry(row))
+        result[row["hosted_by"]].append(row)
     return result
-
-
-def computer_known(conn: sqlite3.Connection, computer_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM computer WHERE reference = ?", (computer_id,)).fetchone() is not None
 
 
 # (computer id, partition id) -> (the rows the partition is built from, its encoding). The rows
@@ -146,28 +137,16 @@ _PARTITION_FRAGMENTS: dict[tuple[str, str], tuple[tuple, Fragment]] = {}
 _PARTITION_FRAGMENTS_MAX = 100_000
 
 
-def _slave_rows(conn: sqlite3.Connection, computer_id: str) -> dict[str, list[sqlite3.Row]]:
-    """hosting partition id → its shared instances' rows (not destroyed), as `slave_lists` reads them."""
-    result: dict[str, list] = defaultdict(list)
-    for row in conn.execute(
-        "SELECT * FROM slave WHERE computer_reference = ? AND hosted_by IS NOT NULL "
-        "AND requested_state != 'destroyed' ORDER BY rowid",
-        (computer_id,),
-    ):
-        result[row["hosted_by"]].append(row)
-    return result
-
-
 def _partition_fragments(conn: sqlite3.Connection, computer_id: str) -> list[Fragment]:
     """The encoded partitions of a computer, in document order, reusing those whose rows are unchanged."""
     ips = ip_lists(conn, computer_id)
-    slave_rows = _slave_rows(conn, computer_id)
+    slaves_of = slave_rows(conn, computer_id)
     fragments = []
     cache = _PARTITION_FRAGMENTS
     for row in conn.execute("SELECT * FROM partition WHERE computer_reference = ? ORDER BY rowid", (computer_id,)):
         partition_id = row["reference"]
         ip_list = ips.get(partition_id, [])
-        slaves = slave_rows.get(partition_id, ())
+        slaves = slaves_of.get(partition_id, ())
         content = (tuple(row), tuple(ip_list), tuple(tuple(slave) for slave in slaves))
         key = (computer_id, partition_id)
         entry = cache.get(key)
@@ -202,20 +181,14 @@ def computer_document(conn: sqlite3.Connection, computer_id: str) -> WireObject:
 
 
 def partition_document(conn: sqlite3.Connection, computer_id: str, partition_id: str) -> WireObject:
-    row = conn.execute(
-        "SELECT * FROM partition WHERE computer_reference = ? AND reference = ?", (computer_id, partition_id)
-    ).fetchone()
-    if row is None:
-        raise NotFound(f"unknown partition {partition_id!r} on computer {computer_id!r}")
-    ips = ip_lists(conn, computer_id, partition_id)
-    slaves = slave_lists(conn, computer_id, partition_id)
-    return computer_partition(row, ips.get(partition_id, []), slaves.get(partition_id, []))
+    row = any_partition(conn, computer_id, partition_id)
+    ips = ip_lists(conn, computer_id, partition_id).get(partition_id, [])
+    slaves = slave_rows(conn, computer_id, partition_id).get(partition_id, ())
+    return computer_partition(row, ips, [slave_entry(slave) for slave in slaves])
 
 
 def software_instance(conn: sqlite3.Connection, row: sqlite3.Row) -> WireObject:
     """Answer to the request of a (non-shared) instance, from its partition row."""
-    from slapos.slap.wire import dumps_instance_xml
-
     computer_id, partition_id = row["computer_reference"], row["reference"]
     connection = load_params(row["connection"])
     params = load_params(row["parameters"])

@@ -13,11 +13,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import secrets
 import select
 import signal
 import socket
-import string
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +23,7 @@ from dataclasses import dataclass
 
 from slapos.base.errors import SlapOSError, UsageError
 
-from .app import ProxyApp, make_app
+from .app import ProxyApp, make_app, new_run_id
 from .config import ProxyConfig, is_loopback
 
 log = logging.getLogger("slapos.proxy")
@@ -57,6 +55,12 @@ def check_listen_address(config: ProxyConfig) -> None:
 def _listen_error(config: ProxyConfig, e: OSError) -> SlapOSError:
     hint = "choose another port ([slapproxy] port or --port)" if e.errno == errno.EADDRINUSE else "check host and port"
     return SlapOSError(f"cannot listen on {config.host}:{config.port}: {e.strerror}; {hint}")
+
+
+def _host_error(config: ProxyConfig, e: ValueError) -> SlapOSError:
+    """waitress refuses a host it cannot resolve with a ValueError."""
+    reason = str(e).rstrip(".")
+    return SlapOSError(f"cannot listen on {config.host}:{config.port}: {reason}; check [slapproxy] host (or --host)")
 
 
 def _waitress_server(app: ProxyApp, config: ProxyConfig, sockets: list[socket.socket] | None = None):
@@ -100,7 +104,7 @@ def create_server(config: ProxyConfig, app: ProxyApp | None = None):
         raise _listen_error(config, e) from None
     except ValueError as e:  # waitress: unresolvable host
         app.close()
-        raise SlapOSError(f"cannot listen on {config.host}:{config.port}: {e}") from None
+        raise _host_error(config, e) from None
     return server, app
 
 
@@ -132,11 +136,6 @@ def serve(config: ProxyConfig, on_ready: Callable[[str], None] | None = None) ->
 
 
 # -- several worker processes -------------------------------------------------------------------
-def new_run_id() -> str:
-    alphabet = string.ascii_letters + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(32))
-
-
 def _reusable_socket(family: int, socktype: int, proto: int) -> socket.socket:
     sock = socket.socket(family, socktype, proto)
     try:
@@ -165,7 +164,7 @@ def reserve_addresses(config: ProxyConfig) -> list[socket.socket]:
     try:
         listen = Adjustments(host=config.host, port=config.port).listen
     except ValueError as e:  # unresolvable host
-        raise SlapOSError(f"cannot listen on {config.host}:{config.port}: {e}") from None
+        raise _host_error(config, e) from None
     sockets: list[socket.socket] = []
     try:
         for family, socktype, proto, sockaddr in listen:
