@@ -229,6 +229,8 @@ class SoftwareAgent:
         self._cache_loaded = False
         self._owner = None
         self._owner_loaded = False
+        # a malformed size is a configuration error of the whole run, not of each release
+        self.min_free_space = parse_size(settings.config.get("slapos", "software_min_free_space", "1000M"))
 
     # -- selection ----------------------------------------------------------------------------
     def select(self, releases: list) -> list:
@@ -345,7 +347,7 @@ class SoftwareAgent:
     def _check_free_space(self) -> None:
         import shutil
 
-        wanted = parse_size(self.settings.config.get("slapos", "software_min_free_space", "1000M"))
+        wanted = self.min_free_space
         free = shutil.disk_usage(self.software_root).free
         if free < wanted:
             raise SlapOSError(

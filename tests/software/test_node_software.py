@@ -300,6 +300,16 @@ def test_unreachable_master_is_one_clear_line(shared_node, tmp_path):
     assert lines[0].startswith("error: cannot get the software list of computer")
 
 
+def test_bad_min_free_space_is_one_configuration_line(shared_node, tmp_path):
+    text = shared_node.config_path.read_text().replace("[slapos]\n", "[slapos]\nsoftware_min_free_space = lots\n", 1)
+    config = tmp_path / "slapos.cfg"
+    config.write_text(text)
+    run = run_software(config)
+    assert run.returncode == 1
+    lines = [line for line in run.output.splitlines() if line.strip()]
+    assert lines == ["error: [slapos] software_min_free_space 'lots' is not a size like 1000M or 2G"], run.output
+
+
 @pytest.mark.root
 def test_refuses_to_build_as_root_with_a_clear_message(shared_node, tmp_path):
     root_owned = tmp_path / "root-soft"
