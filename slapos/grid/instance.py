@@ -766,7 +766,11 @@ class InstanceRun:
             text = f"{type(error).__name__}: {error}"
         if job.error is None:
             job.error = text
-            self.partition_log(job, f"failed: {text}", logging.ERROR)
+            # one line on the console (a buildout failure carries its output's last 40 lines: they
+            # are already in the partition's log, and go whole to the error log and the master)
+            first, newline, _ = text.partition("\n")
+            where = f"; the full error is in {job.partition.error_log_path}" if newline else ""
+            self.partition_log(job, f"failed: {first}{where}", logging.ERROR)
 
     def report_error(self, cp, message: str) -> None:
         try:

@@ -126,7 +126,7 @@ def test_parameter_change_restarts_only_the_changed_service(instance_node):
     assert fetch(new_port).strip() == "three"
 
 
-def test_failing_buildout_is_isolated_and_backs_off(instance_node):
+def test_failing_buildout_is_isolated_and_backs_off(instance_node, capsys):
     node = instance_node(partitions=2)
     good_url, bad_url = node.install("web"), node.install("fail")
     port = free_port()
@@ -141,6 +141,12 @@ def test_failing_buildout_is_isolated_and_backs_off(instance_node):
     assert "broken on purpose" in node.partition(bad).error_log_path.read_text()
     assert not node.partition(bad).timestamp_path.exists()
     assert node.partition(good).load_state().status == "ok"
+    # the console gets one line saying why, and where the whole error is
+    console = capsys.readouterr().err.splitlines()
+    failed = [line for line in console if f"{bad}: failed:" in line]
+    assert len(failed) == 1 and "broken on purpose" in failed[0], console
+    assert sum("broken on purpose" in line for line in console) == 1, console  # no buildout tail
+    assert "buildout failed" in failed[0] and str(node.partition(bad).error_log_path) in failed[0]
 
     # unchanged inputs: no new attempt before the back-off delay, and status says why
     assert node.instance() == 1
