@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from slapos.base import tenantfs
 from slapos.base.errors import SlapOSError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -158,20 +159,7 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FI
 
 def read_at(dir_fd: int | None, name: str | Path, limit: int = 1 << 20) -> bytes | None:
     """The content of a regular file `name` (None when absent, a link, a FIFO, a device...)."""
-    try:
-        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as e:
-        if e.errno == errno.ELOOP:  # a link: treat as absent
-            return None
-        raise
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
+    return tenantfs.read_small(name, limit, dir_fd=dir_fd)
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, owner: tuple[int, int] | None = None) -> None:
@@ -456,7 +444,3 @@ class Partition:
         for path in self.certificate_paths() or ():
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-
-    # -- what the profile produced ---------------------------------------------------------------
-    def etc(self, *parts: str) -> Path:
-        return self.path.joinpath("etc", *parts)

@@ -34,20 +34,13 @@ from slapos.base.errors import SlapOSError
 
 from . import process
 from .partition import Partition, open_dir, read_at, write_at
-from .promise_plugin import DEFAULT_PERIODICITY, RESULT_MARKER
+from .promise_plugin import DEFAULT_PERIODICITY, RESULT_MARKER, TIMED_OUT
 
 logger = logging.getLogger(__name__)
 
 LEGACY_PERIODICITY = 2.0  # minutes, as the reference wraps executables
-TIMED_OUT = "Error: Promise timed out"  # how a timed-out promise's message starts (plugins say it too)
 MESSAGE_MAX = 5000
 TEST, ANOMALY = "test", "anomaly"
-
-
-class PromiseError(SlapOSError):
-    """A promise failed: the partition is in error and the run exits with 2."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -56,10 +49,6 @@ class Promise:
     name: str  # file name
     path: Path
     plugin: bool
-
-    @property
-    def kind(self) -> str:
-        return "plugin" if self.plugin else "executable"
 
 
 @dataclass
@@ -171,11 +160,8 @@ class PromiseRunner:
         self.clock = clock
 
     # -- storage ----------------------------------------------------------------------------------
-    def _dirs_owner(self):
-        return self.partition.file_owner()
-
     def _ensure_dirs(self) -> None:
-        owner = self._dirs_owner()
+        owner = self.partition.file_owner()
         self.partition.ensure_slapgrid()
         with open_dir(self.partition.path, ".slapgrid", "promise", create=True, mode=0o755, owner=owner):
             pass
@@ -203,8 +189,10 @@ class PromiseRunner:
                 names = sorted(n for n in os.listdir(fd) if n.endswith(".status.json"))
                 for name in names:
                     data = read_at(fd, name)
+                    if data is None:  # not a regular file (a link, a FIFO): no result to show
+                        continue
                     try:
-                        results.append(PromiseResult.from_status(json.loads(data or b"{}")))
+                        results.append(PromiseResult.from_status(json.loads(data)))
                     except (ValueError, TypeError, AttributeError):
                         continue
         except (OSError, SlapOSError):
@@ -212,7 +200,7 @@ class PromiseRunner:
         return results
 
     def _record(self, promise: Promise, result: PromiseResult) -> None:
-        owner = self._dirs_owner()
+        owner = self.partition.file_owner()
         mtime = 0.0
         try:
             mtime = promise.path.stat().st_mtime

@@ -42,6 +42,7 @@ import traceback
 
 RESULT_MARKER = "SLAPOS-PROMISE-RESULT "
 DEFAULT_PERIODICITY = 2.0  # minutes
+TIMED_OUT = "Error: Promise timed out"  # how a timed-out promise's message starts (the node looks for it)
 
 
 class PromiseTimeout(Exception):
@@ -145,7 +146,7 @@ def run_plugin(path: str, mode: str, timeout: float, config: dict) -> dict:
         failed, message = promise.anomaly() if mode == "anomaly" else promise.test()
         failed, message = bool(failed), str(message)
     except PromiseTimeout:
-        failed, message = True, f"Error: Promise timed out after {timeout:g} seconds"
+        failed, message = True, f"{TIMED_OUT} after {timeout:g} seconds"
     except Exception as e:
         traceback.print_exc()
         failed, message = True, f"{type(e).__name__}: {e}"

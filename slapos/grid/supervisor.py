@@ -190,7 +190,6 @@ class Supervisor:
         self.socket_path = legacy if legacy.exists() else root / "sv.sock"
         self.pidfile = root / "var" / "run" / "supervisord.pid"
         self.log_path = root / "var" / "log" / "supervisord.log"
-        self.started_now = False  # this process started supervisord
         self._lock = threading.RLock()
         self._proxy = None
         # group commit of apply_partition
@@ -414,10 +413,6 @@ class Supervisor:
             os.chmod(directory, 0o700)
         atomic_write(self.checked_path, identity + "\n", 0o600)
 
-    def forget_checked(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.checked_path.unlink()
-
     def ensure_running(self) -> bool:
         """Start supervisord for this instance root unless it runs. True when we started it."""
         with self._lock:
@@ -460,7 +455,6 @@ class Supervisor:
             if self.pid() is not None:
                 try:
                     if self.call("supervisor.getState")["statename"] == "RUNNING":
-                        self.started_now = True
                         return
                 except (OSError, SupervisorError):
                     pass

@@ -96,7 +96,6 @@ class SlapnodeNamespaceRPCInterface:
         group.config = new
         return True
 
-
     def loadProcessGroupFile(self, name, path):
         """Read the file of group `name` alone (instead of every file, as reloadConfig does) into
         the configuration, and compare it with the active group.
