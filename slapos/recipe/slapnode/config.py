@@ -76,6 +76,12 @@ def as_option(value) -> str:
     return json.dumps(value, sort_keys=True)
 
 
+def wrap_json_in_xml(parameters: dict) -> dict[str, str]:
+    """The `_` convention the other way: every parameter in one JSON object under `_` (keys
+    sorted, so unchanged values give the same text and the master sees no change)."""
+    return {"_": json.dumps(parameters, sort_keys=True)}
+
+
 def unwrap_json_in_xml(parameters: dict) -> dict:
     """The `_` convention (SLAP-PROTOCOL §3.5): all parameters as one JSON object under `_`.
     Raises ValueError when `_` is not a JSON object."""

@@ -24,6 +24,7 @@ import string
 
 from .common import Recipe as _Base
 from .common import SlapConnection, slap_errors
+from .config import wrap_json_in_xml
 
 
 class Recipe(_Base):
@@ -51,7 +52,7 @@ class Recipe(_Base):
 
     def _serialise(self, values: dict[str, str]) -> dict[str, str]:
         if self.serialisation == "json-in-xml":
-            return {"_": json.dumps(values, sort_keys=True)}
+            return wrap_json_in_xml(values)
         return values
 
     def targets(self) -> list[tuple[str | None, dict[str, str]]]:

@@ -25,11 +25,9 @@ file when the node runs buildout: the node then reports which instances are stil
 """
 from __future__ import annotations
 
-import json
-
 from .common import Recipe as _Base
 from .common import SlapConnection, slap_errors
-from .config import as_option, unwrap_json_in_xml
+from .config import as_option, unwrap_json_in_xml, wrap_json_in_xml
 
 STATES = ("started", "stopped", "destroyed")
 
@@ -50,7 +48,7 @@ class Recipe(_Base):
             raise self.error(f"serialisation = {serialisation!r}: use xml or json-in-xml")
         parameters = {k[len("config-") :]: v for k, v in options.items() if k.startswith("config-")}
         if serialisation == "json-in-xml":
-            parameters = {"_": json.dumps(parameters, sort_keys=True)}
+            parameters = wrap_json_in_xml(parameters)
         filter_kw = {k[len("sla-") :]: v for k, v in options.items() if k.startswith("sla-")}
         self.returns = options.get("return", "").split()
         self.title = title
