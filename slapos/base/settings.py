@@ -95,21 +95,3 @@ class NodeSettings:
                 "this command must run as root; for a node run by an ordinary user set "
                 "'root_check = false' in [slapos] of the configuration"
             )
-
-    def connect(self):
-        """A `slapos.slap.slap` connected to the master with the node's identity."""
-        return connect(self.master_url, self.key_file, self.cert_file, self.master_ca_file)
-
-
-def connect(master_url: str, key_file=None, cert_file=None, master_ca_file=None):
-    """A `slapos.slap.slap` connected to `master_url` with the given identity (paths or None)."""
-    from slapos.slap import slap
-
-    def text(path):
-        return str(path) if path else None
-
-    connection = slap()
-    connection.initializeConnection(
-        master_url, key_file=text(key_file), cert_file=text(cert_file), master_ca_file=text(master_ca_file)
-    )
-    return connection

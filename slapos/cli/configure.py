@@ -19,13 +19,14 @@ from pathlib import Path
 from slapos.base.errors import ConfigError, SlapOSError, UsageError
 
 from .command import Command
+from .layout import (
+    CLIENT_CONFIG,
+    DEFAULT_BUILDOUT_DIRECTORY,
+    DEFAULT_CONFIGURATION_DIRECTORY,
+    DEFAULT_STANDALONE_ROOT,
+)
 
 log = logging.getLogger("slapos.configure")
-
-DEFAULT_CONFIGURATION_DIRECTORY = "/etc/opt/slapos"
-DEFAULT_BUILDOUT_DIRECTORY = "/opt/slapos"
-DEFAULT_STANDALONE_ROOT = "~/slapos"
-CLIENT_CONFIG = "~/.slapos/slapos-client.cfg"
 
 
 def local_arguments(parser: argparse.ArgumentParser) -> None:

@@ -60,7 +60,9 @@ def report(args: argparse.Namespace) -> int:
 
 def bang(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    computer = settings.connect().registerComputer(settings.computer_id)
+    from slapos.slap import connect_as
+
+    computer = connect_as(settings).registerComputer(settings.computer_id)
     computer.bang(args.message)
     log.info("banged computer %s: the master processes all its instances again", settings.computer_id)
     return 0

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from slapos.base.config import Config
 from slapos.base.errors import SlapOSError, UsageError
 
-from .configure import (
+from .layout import (
     CLIENT_CONFIG,
     DEFAULT_BUILDOUT_DIRECTORY,
     DEFAULT_CONFIGURATION_DIRECTORY,

@@ -78,9 +78,9 @@ class ClientSettings:
 
     def connect(self):
         """A `slapos.slap.slap` connected to the master with the user's identity."""
-        from slapos.base.settings import connect
+        from slapos.slap import connect_as
 
-        return connect(self.master_url, self.key_file, self.cert_file, self.master_ca_file)
+        return connect_as(self)
 
 
 def _certificate_path(config: Config, key: str, override: str | None = None) -> Path | None:

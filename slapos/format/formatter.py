@@ -318,10 +318,9 @@ class Formatter:
 
     def _connect(self):
         """A connection to the master with the node's identity ([slapos] key_file, cert_file, master_ca_file)."""
-        from slapos.base.settings import connect
+        from slapos.slap import connect_as
 
-        o = self.options
-        return connect(o.master_url, o.key_file, o.cert_file, o.master_ca_file)
+        return connect_as(self.options)
 
     # -- extra partitions (partition_amount lowered) ------------------------------------------------
     def _busy_at_master(self, references: list[str]) -> dict[str, str]:

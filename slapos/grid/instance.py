@@ -283,7 +283,9 @@ class InstanceRun:
 
     def fetch(self) -> list[Desired]:
         """The one request to the master: the full computer."""
-        connection = self.settings.connect()
+        from slapos.slap import connect_as
+
+        connection = connect_as(self.settings)
         computer = connection.registerComputer(self.settings.computer_id)
         desired = []
         for cp in computer.getComputerPartitionList():

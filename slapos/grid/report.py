@@ -77,7 +77,9 @@ class ReportRun:
 
     def run(self) -> ReportResult:
         result = ReportResult()
-        connection = self.settings.connect()
+        from slapos.slap import connect_as
+
+        connection = connect_as(self.settings)
         try:
             computer = connection.registerComputer(self.settings.computer_id)
             partitions = computer.getComputerPartitionList()  # the one GET of this run

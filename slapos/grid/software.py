@@ -135,11 +135,11 @@ def _duration(seconds: float) -> str:
 
 def fetch_software_list(settings) -> list:
     """The computer's software releases: the run's one call to the master."""
-    from slapos.slap import WireError
+    from slapos.slap import WireError, connect_as
     from slapos.slap.exceptions import SlapException
 
     try:
-        computer = settings.connect().registerComputer(settings.computer_id)
+        computer = connect_as(settings).registerComputer(settings.computer_id)
         return computer.getSoftwareReleaseList()
     except (SlapException, WireError) as e:
         raise SlapOSError(f"cannot get the software list of computer {settings.computer_id}: {e}") from None

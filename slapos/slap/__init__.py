@@ -63,7 +63,31 @@ def __getattr__(name: str):
     return value
 
 
+def connect(master_url: str, key_file=None, cert_file=None, master_ca_file=None):
+    """A `slap` connected to `master_url` with the given identity (paths, str or None).
+
+    `connect_as(settings)` takes the four from any settings object (node or client)."""
+    from .objects import slap as _slap
+
+    def text(path):
+        return str(path) if path else None
+
+    connection = _slap()
+    connection.initializeConnection(
+        master_url, key_file=text(key_file), cert_file=text(cert_file), master_ca_file=text(master_ca_file)
+    )
+    return connection
+
+
+def connect_as(settings):
+    """A `slap` connected with the identity of `settings` (anything with `master_url`, `key_file`,
+    `cert_file` and `master_ca_file`: `slapos.base.settings.NodeSettings`, the client's settings)."""
+    return connect(settings.master_url, settings.key_file, settings.cert_file, settings.master_ca_file)
+
+
 __all__ = [
+    "connect",
+    "connect_as",
     "AuthenticationError",
     "BadRequestError",
     "ConnectionError",
