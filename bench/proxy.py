@@ -15,8 +15,7 @@
     eat about as much CPU as the server, so this figure mostly says how the machine is shared;
   - with `wrk` (a C load generator, `apt-get install wrk`; skipped with a note when missing): one
     wrk thread with 1 connection, then with 8, posting pre-encoded requests for 8 instances in
-    turn. For our own proxy this is run once per `--workers` count (the proxy is restarted on
-    the same database), and the proxy's CPU time per request is printed with the ceiling it
+    turn. For our own proxy, its CPU time per request is printed with the ceiling it
     implies: 8 connections can at best keep every core busy, so their rate is at most
     cores ÷ (CPU per request), and the ratio to one connection at most that over the 1-connection rate.
 
@@ -25,7 +24,7 @@ database; with --url it drives another proxy (e.g. the reference one) the same w
 side-by-side run. Figures vary with the machine: run it on an otherwise idle one.
 
     .venv/bin/python bench/proxy.py [--url http://127.0.0.1:8080/] [--sizes 10,100,1000] [--quick]
-                                    [--workers 1,2]
+                                    [--threads N]
 """
 from __future__ import annotations
 
@@ -282,7 +281,7 @@ def bench_wrk(url: str, script: Path, duration: float, pid: int | None, label: s
     return eight / one
 
 
-def start_own_proxy(directory: Path, workers: int = 1, threads: int | None = None) -> tuple[str, subprocess.Popen]:
+def start_own_proxy(directory: Path, threads: int | None = None) -> tuple[str, subprocess.Popen]:
     import socket
 
     with socket.socket() as s:
@@ -291,7 +290,7 @@ def start_own_proxy(directory: Path, workers: int = 1, threads: int | None = Non
     config = directory / "slapos.cfg"
     config.write_text(
         f"[slapos]\ncomputer_id = BENCH-10\n[slapproxy]\nhost = 127.0.0.1\nport = {port}\n"
-        f"database_uri = {directory / 'proxy.db'}\nworkers = {workers}\n"
+        f"database_uri = {directory / 'proxy.db'}\n"
         + (f"threads = {threads}\n" if threads else "")
     )
     log = open(directory / "proxy.log", "wb")
@@ -318,23 +317,18 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=3000, help="update-path calls (default 3000)")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per concurrency run")
     parser.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
-    parser.add_argument(
-        "--workers", default="1,2",
-        help="worker process counts of our proxy for the wrk runs (default 1,2; the other figures use the first)",
-    )
-    parser.add_argument("--threads", type=int, help="threads per worker of our proxy (default: the proxy's, 8)")
+    parser.add_argument("--threads", type=int, help="threads of our proxy (default: the proxy's, 8)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    worker_counts = [int(w) for w in args.workers.split(",") if w] or [1]
     run = f"r{int(time.time())}"  # fresh titles: the bench may be run twice against one proxy
     process = None
     with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp:
         if args.url:
             url = args.url if args.url.endswith("/") else args.url + "/"
         else:
-            url, process = start_own_proxy(Path(tmp), worker_counts[0], args.threads)
+            url, process = start_own_proxy(Path(tmp), args.threads)
         try:
-            print(f"proxy: {url}{'' if args.url else f' (ours, started for this run, {worker_counts[0]} worker(s))'}")
+            print(f"proxy: {url}{'' if args.url else ' (ours, started for this run)'}")
             client = Client(url)
             for size in sizes:
                 prepare(client, f"BENCH-{size}", size, run)
@@ -351,16 +345,7 @@ def main() -> int:
                 return 0
             bodies = [request_body(f"{run}-{concurrent_computer}-{i}", concurrent_computer) for i in range(8)]
             script = wrk_script(Path(tmp), url, bodies)
-            if args.url:
-                bench_wrk(url, script, duration, None, "")
-                return 0
-            for index, workers in enumerate(worker_counts):
-                if index:  # the same database, served by another number of processes
-                    process.terminate()
-                    process.wait(30)
-                    url, process = start_own_proxy(Path(tmp), workers, args.threads)
-                    script = wrk_script(Path(tmp), url, bodies)
-                bench_wrk(url, script, duration, process.pid, f", {workers} worker(s)")
+            bench_wrk(url, script, duration, None if args.url else process.pid, "")
         finally:
             if process is not None:
                 process.terminate()

@@ -36,11 +36,6 @@ def _start_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, help="worker threads (default: [slapproxy] threads, else 8)")
     parser.add_argument(
-        "--workers", type=int, metavar="N",
-        help="server processes sharing the port and the database, each with --threads threads "
-        "(default: [slapproxy] workers, else 1); more than one uses more cores under concurrent load",
-    )
-    parser.add_argument(
         "--local-software-release-root", "--local_software_release_root", dest="local_software_release_root",
         help="accepted for compatibility with the reference; software release paths are used as given",
     )
@@ -61,7 +56,6 @@ def start(args: argparse.Namespace) -> int:
         port=args.port,
         allow_remote=args.allow_remote,
         threads=args.threads,
-        workers=args.workers,
     )
     if args.local_software_release_root not in (None, "/"):
         logging.getLogger("slapos.proxy").warning(

@@ -189,8 +189,8 @@ class CacheServer:
 
 
 class _locked_directory:
-    """An flock on the directory itself: the worker processes of one proxy (`[slapproxy]
-    workers`) may add entries to one key at once, and each rewrites the whole file."""
+    """An flock on the directory itself: two uploads (threads of the proxy, or a second proxy on
+    the same cache directories) may add entries to one key at once, and each rewrites the whole file."""
 
     def __init__(self, directory: Path):
         self.directory = directory

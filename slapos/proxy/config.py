@@ -17,8 +17,6 @@ log = logging.getLogger("slapos.proxy")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_THREADS = 8
-DEFAULT_WORKERS = 1  # one process: enough for the node and clients of one machine (README, "Several worker processes")
-MAX_WORKERS = 64
 DEFAULT_MAX_REQUEST_SIZE = 16 * 1024 * 1024  # a 3000-partition format document fits
 DEFAULT_COMPUTER_ID = "local_computer"
 
@@ -31,8 +29,6 @@ class ProxyConfig:
     port: int = DEFAULT_PORT
     allow_remote: bool = False
     threads: int = DEFAULT_THREADS
-    # server processes sharing the port and the database (server.WorkerPool)
-    workers: int = DEFAULT_WORKERS
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
     # product name -> software release URLs, best first (`product.<name>` aliases of the client)
     software_products: dict[str, list[str]] = field(default_factory=dict)
@@ -63,7 +59,6 @@ class ProxyConfig:
             port=cfg.get_int(s, "port", DEFAULT_PORT),
             allow_remote=cfg.get_bool(s, "allow_remote", False),
             threads=cfg.get_int(s, "threads", DEFAULT_THREADS),
-            workers=cfg.get_int(s, "workers", DEFAULT_WORKERS),
             max_request_size=cfg.get_int(s, "max_request_size", DEFAULT_MAX_REQUEST_SIZE),
             software_products=products,
             software_root=cfg.get_path("slapos", "software_root", None),
@@ -78,8 +73,6 @@ class ProxyConfig:
             raise ConfigError(f"[slapproxy] port {config.port} is not a TCP port (0-65535)")
         if config.threads < 1:
             raise ConfigError("[slapproxy] threads must be at least 1")
-        if not 1 <= config.workers <= MAX_WORKERS:
-            raise ConfigError(f"[slapproxy] workers must be between 1 and {MAX_WORKERS} (processes), not {config.workers}")
         if config.max_request_size < 1024:
             raise ConfigError("[slapproxy] max_request_size must be at least 1024 bytes")
         _warn_unsupported(cfg)
@@ -93,6 +86,8 @@ def _warn_unsupported(cfg: Config) -> None:
             log.warning("[%s] ignored: this proxy does not forward requests to other masters", section)
     if cfg.has("slapproxy", "public_directory_path"):
         log.warning("[slapproxy] public_directory_path ignored: this proxy serves no web panel nor public files")
+    if cfg.has("slapproxy", "workers"):
+        log.warning("[slapproxy] workers ignored: the proxy runs one process (raise threads instead)")
     root = cfg.get("slapproxy", "local_software_release_root", "/")
     if root != "/":
         log.warning("[slapproxy] local_software_release_root ignored: software release paths are used as given")

@@ -12,16 +12,11 @@
   writers queue on a Python lock instead of SQLite's sleeping busy handler.
 * `generation` counts committed writes that change what a node sees, so the encoded
   computer documents can be cached and invalidated (see `documents.DocumentCache`).
-* Several worker processes (`[slapproxy] workers`) share a `ProcessGate`: a lock file next to the
-  database whose flock serialises writers across processes, and whose memory-mapped first 8
-  bytes hold the generation, so a write in one worker invalidates the cached documents of all.
 """
 from __future__ import annotations
 
 import datetime
-import fcntl
 import logging
-import mmap
 import os
 import sqlite3
 import threading
@@ -147,85 +142,25 @@ def _ensure_private_file(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
-def gate_path(database: Path) -> Path:
-    return database.with_name(database.name + ".lock")
-
-
-class ProcessGate:
-    """What the worker processes of one proxy share besides the database file.
-
-    * an exclusive flock taken around every write transaction: SQLite's own busy handler sleeps
-      1 ms, then 2, 5, 10 ms... between retries, far longer than one of our transactions lasts,
-      whereas a process waiting on flock wakes the moment the lock is released. The kernel drops
-      the lock of a worker that dies, so a crash never wedges the others.
-    * the generation counter, a 64-bit integer in the memory-mapped first 8 bytes of the same
-      file: reading it costs no system call, and every process sees every bump.
-
-    Each process must open its own gate (flock belongs to an open file description: a descriptor
-    inherited across fork would be one lock shared by all)."""
-
-    SIZE = 8
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            if os.fstat(self._fd).st_size < self.SIZE:
-                os.ftruncate(self._fd, self.SIZE)
-            self._map = mmap.mmap(self._fd, self.SIZE)
-        except BaseException:
-            os.close(self._fd)
-            raise
-        # one aligned 8-byte word: loads and stores of it are never torn
-        self._counter = memoryview(self._map).cast("Q")
-
-    @property
-    def generation(self) -> int:
-        return self._counter[0]
-
-    def bump(self) -> None:
-        """Only under lock(): the read-modify-write is not atomic by itself."""
-        self._counter[0] = (self._counter[0] + 1) & 0xFFFF_FFFF_FFFF_FFFF
-
-    def lock(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)  # releases the GIL while it waits
-
-    def unlock(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        if self._fd < 0:
-            return
-        self._counter.release()
-        self._map.close()
-        os.close(self._fd)
-        self._fd = -1
-
-
 class Database:
-    """One SQLite file shared by the threads of one proxy process (and, with `shared=True`, by
-    the worker processes of one proxy, through a `ProcessGate`)."""
+    """One SQLite file shared by the threads of one proxy process."""
 
-    def __init__(self, path: str | Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, shared: bool = False):
+    def __init__(self, path: str | Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._gate = ProcessGate(gate_path(self.path)) if shared else None
         # bumped after each committed write that changes what nodes or clients see
         self._generation = 0
 
     @property
     def generation(self) -> int:
-        return self._gate.generation if self._gate is not None else self._generation
+        return self._generation
 
     def _bump(self) -> None:
-        if self._gate is not None:
-            self._gate.bump()
-        else:
-            self._generation += 1
+        self._generation += 1
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
@@ -282,8 +217,6 @@ class Database:
                     pass
             self._connections.clear()
         self._local = threading.local()
-        if self._gate is not None:
-            self._gate.close()
 
     # -- transactions ---------------------------------------------------------------------------
     @contextmanager
@@ -291,27 +224,20 @@ class Database:
         """A write transaction (BEGIN IMMEDIATE). `documents=False` for writes nodes never see
         (reports), so they do not invalidate cached computer documents."""
         conn = self.conn
-        gate = self._gate
         with self._write_lock:
-            if gate is not None:
-                gate.lock()
+            before = conn.total_changes
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                before = conn.total_changes
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-                # a repeated request that changes nothing keeps the cached documents valid; the
-                # bump comes after COMMIT (a reader reads the generation before its snapshot)
-                if documents and conn.total_changes != before:
-                    self._bump()
-            finally:
-                if gate is not None:
-                    gate.unlock()
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            # a repeated request that changes nothing keeps the cached documents valid; the
+            # bump comes after COMMIT (a reader reads the generation before its snapshot)
+            if documents and conn.total_changes != before:
+                self._bump()
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

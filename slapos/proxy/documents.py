@@ -249,9 +249,7 @@ class DocumentCache:
     """Encoded documents keyed by what they describe, valid for one database generation.
 
     The generation is read *before* the snapshot the document is built from: a write committed
-    meanwhile bumps it, so the entry is born stale rather than serving old data as new. With
-    several worker processes the generation lives in shared memory (`db.ProcessGate`): a write
-    served by one worker invalidates the entries of every worker."""
+    meanwhile bumps it, so the entry is born stale rather than serving old data as new."""
 
     MAX_ENTRIES = 100_000
 
