@@ -162,7 +162,11 @@ def run_status(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps([s.to_dict() for s in statuses], indent=2, sort_keys=True))
     else:
-        print(format_table(statuses))
+        import sys
+
+        from slapos.base.table import terminal_width
+
+        print(format_table(statuses, width=terminal_width(sys.stdout)))
     return 0
 
 

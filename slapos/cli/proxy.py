@@ -105,7 +105,9 @@ def show(args: argparse.Namespace) -> int:
     if args.format == "json":
         sys.stdout.write(show_module.render_json(data))
     else:
-        sys.stdout.write(show_module.render_text(data, full_params=args.params))
+        from slapos.base.table import terminal_width
+
+        sys.stdout.write(show_module.render_text(data, full_params=args.params, width=terminal_width(sys.stdout)))
     return 0
 
 

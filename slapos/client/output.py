@@ -23,14 +23,11 @@ def _cell(value: Any) -> str:
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], stream: TextIO | None = None) -> None:
+    """An aligned table (`slapos.base.table`), fitted to the terminal when `stream` is one."""
+    from slapos.base.table import render, terminal_width
+
     stream = stream or sys.stdout
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    for row in [list(headers), *cells]:
-        stream.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() + "\n")
+    stream.write(render(headers, ([_cell(v) for v in row] for row in rows), width=terminal_width(stream)))
 
 
 def block(pairs: Sequence[tuple[str, Any]], stream: TextIO | None = None, indent: str = "") -> None:

@@ -106,7 +106,10 @@ def all_statuses(settings) -> list[PartitionStatus]:
     return statuses
 
 
-def format_table(statuses: list[PartitionStatus]) -> str:
+def format_table(statuses: list[PartitionStatus], width: int | None = None) -> str:
+    """The partitions as a table (`slapos.base.table`); `width`: fit to that many columns."""
+    from slapos.base.table import render
+
     if not statuses:
         return "no partition in this instance_root yet (run slapos node format, then slapos node instance)"
     headers = ("PARTITION", "REQUESTED", "STATUS", "PROMISES", "BACK-OFF", "LAST ERROR")
@@ -117,9 +120,4 @@ def format_table(statuses: list[PartitionStatus]) -> str:
         if len(first) > 100:
             first = first[:97] + "..."
         rows.append((s.partition_id, s.requested_state or "-", s.status, s.promise_summary, s.backoff, first))
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers) - 1)]
-    lines = []
-    for row in [headers, *rows]:
-        cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths, strict=True)]
-        lines.append("  ".join([*cells, str(row[-1])]).rstrip())
-    return "\n".join(lines)
+    return render(headers, rows, width=width).rstrip("\n")

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from slapos.base.table import render
+
 from .db import Database
 from .values import load_params
 
@@ -217,21 +219,10 @@ def _pretty_params(params: dict) -> Any:
     return params
 
 
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> str:
+def _table(width: int | None, title: str, columns: list[str], rows: list[list[Any]]) -> str:
     if not rows:
         return f"{title}: none\n"
-    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max(len(c), *(len(line) for row in cells for line in row[i].splitlines() or [""]))
-              for i, c in enumerate(columns)]
-    out = [f"{title}:", "  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    out.append("  " + "  ".join("-" * w for w in widths))
-    for row in cells:
-        lines = [cell.splitlines() or [""] for cell in row]
-        for n in range(max(len(x) for x in lines)):
-            out.append("  " + "  ".join(
-                (cell[n] if n < len(cell) else "").ljust(w) for cell, w in zip(lines, widths, strict=True)
-            ).rstrip())
-    return "\n".join(out) + "\n"
+    return f"{title}:\n" + render(columns, rows, width=width, indent="  ", rule=True)
 
 
 def _first_line(text: str | None) -> str:
@@ -255,22 +246,23 @@ def _tree_lines(nodes: list[dict], prefix: str = "") -> list[str]:
     return lines
 
 
-def render_text(data: dict[str, Any], full_params: bool = False) -> str:
+def render_text(data: dict[str, Any], full_params: bool = False, width: int | None = None) -> str:
+    """The sections as tables; `width`: fit them to that many columns (None: full width)."""
     parts = []
     if "computers" in data:
-        parts.append(_table("Computers", ["computer", "address", "partitions", "busy", "formatted", "last bang"], [
+        parts.append(_table(width, "Computers", ["computer", "address", "partitions", "busy", "formatted", "last bang"], [
             [c["reference"], c["address"], c["partitions"], c["busy"], c["formatted_at"],
              f"{c['last_bang']} {c['last_bang_message'] or ''}".strip() if c["last_bang"] else ""]
             for c in data["computers"]
         ]))
     if "software" in data:
-        parts.append(_table("Software releases", ["computer", "url", "requested", "reported", "last error"], [
+        parts.append(_table(width, "Software releases", ["computer", "url", "requested", "reported", "last error"], [
             [s["computer"], s["url"], s["requested_state"], s["reported_state"] or "-", _first_line(s["error"])]
             for s in data["software"]
         ]))
     if "partitions" in data:
         parts.append(_table(
-            "Partitions",
+            width, "Partitions",
             ["computer", "partition", "state", "instance", "requester", "software", "type", "requested",
              "reported", "parameters", "connection"],
             [
@@ -282,12 +274,12 @@ def render_text(data: dict[str, Any], full_params: bool = False) -> str:
         ))
         errors = [p for p in data["partitions"] if p["error"]]
         if errors:
-            parts.append(_table("Partition errors", ["computer", "partition", "at", "last line"], [
+            parts.append(_table(width, "Partition errors", ["computer", "partition", "at", "last line"], [
                 [p["computer"], p["partition"], p["error_at"], _first_line(p["error"])] for p in errors
             ]))
     if "slaves" in data:
         parts.append(_table(
-            "Shared instances",
+            width, "Shared instances",
             ["reference", "host", "computer", "type", "requested", "parameters", "connection"],
             [
                 [s["reference"], s["hosted_by"] or "(no host)", s["computer"], s["software_type"],
@@ -300,11 +292,11 @@ def render_text(data: dict[str, Any], full_params: bool = False) -> str:
         lines = _tree_lines(data["tree"])
         parts.append("Instance trees:\n" + ("\n".join("  " + line for line in lines) + "\n" if lines else "  none\n"))
     if "network" in data:
-        parts.append(_table("Network", ["computer", "partition", "interface", "address", "netmask"], [
+        parts.append(_table(width, "Network", ["computer", "partition", "interface", "address", "netmask"], [
             [n["computer"], n["partition"], n["interface"], n["address"], n["netmask"]] for n in data["network"]
         ]))
     if "usage" in data:
-        parts.append(_table("Usage reports", ["id", "computer", "date", "size"], [
+        parts.append(_table(width, "Usage reports", ["id", "computer", "date", "size"], [
             [u["id"], u["computer"], u["date"], f"{len(u['xml'])} bytes"] for u in data["usage"]
         ]))
     return "\n".join(parts)
