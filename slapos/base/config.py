@@ -9,6 +9,7 @@ from __future__ import annotations
 import configparser
 import os
 from pathlib import Path
+from typing import overload
 
 from .errors import ConfigError
 
@@ -94,6 +95,12 @@ class Config:
                 raise ConfigError(f"section [{section}] is missing{self._where()}: add it with key '{key}'")
             raise ConfigError(f"key '{key}' is missing in section [{section}]{self._where()}")
         return default
+
+    @overload
+    def get_path(self, section: str, key: str) -> Path: ...
+
+    @overload
+    def get_path(self, section: str, key: str, default: object) -> Path | None: ...
 
     def get_path(self, section: str, key: str, default=REQUIRED) -> Path | None:
         value = self.get(section, key, default)

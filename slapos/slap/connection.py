@@ -365,7 +365,7 @@ def _fallback_cafile(ssl) -> str | None:
     return certifi.where()
 
 
-def _short(error: BaseException) -> str:
+def _short(error: BaseException | str) -> str:
     """The cause of a network or TLS failure in a few words (without the ssl module's file:line)."""
     verify_message = getattr(error, "verify_message", None)
     if verify_message:

@@ -350,7 +350,7 @@ class ComputerPartition(_SlapObject):
 
     def getId(self) -> str:
         self._ensure_ready()
-        return self._partition_id
+        return self._partition_id  # type: ignore[return-value]  # a registered partition has an id
 
     def getComputerId(self) -> str | None:
         self._ensure_ready()
@@ -567,7 +567,7 @@ def _request(connection: Connection, data: dict[str, Any], shared: bool, state: 
         result._shared = True
         result._synced = True
         if "_requested_state" not in result.__dict__:
-            result._requested_state = state
+            setattr(result, "_requested_state", state)  # noqa: B010  (a wire field, not declared)
     return result
 
 
