@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all install test lint demo demo-stop bench clean
+.PHONY: all install test lint demo demo-stop bench clean docs man typecheck
 
 all: test
 
@@ -37,4 +37,14 @@ bench: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache docs/_build docs/reference/generated
+
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+man: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -q -b man docs docs/_build/man
+	@ls docs/_build/man
+
+typecheck: $(STAMP)
+	$(BIN)/mypy

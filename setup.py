@@ -38,6 +38,10 @@ setup(
             "pytest-xdist>=3",
             "hypothesis>=6",
             "ruff>=0.4",
+            # the manual (docs/, `make docs`, `make man`; tests/docs builds it) and `make typecheck`
+            "sphinx>=7",
+            "myst-parser>=2",
+            "mypy>=1.8",
         ],
     },
     entry_points={
