@@ -13,6 +13,7 @@ the sources; a file is rewritten only when its text changes. `tests/docs` uses t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,7 +233,10 @@ def write_pages(srcdir: Path) -> list[Path]:
     for name, text in pages().items():
         path = target / name
         if not path.exists() or path.read_text(encoding="utf-8") != text:
-            path.write_text(text, encoding="utf-8")
+            # atomically: two builds (html and man, in parallel tests) may write the same page
+            partial = path.with_name(f".{name}.{os.getpid()}")
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, path)
         written.append(path)
     return written
 
