@@ -123,7 +123,13 @@ def _option_lines(actions: list[argparse.Action]) -> list[str]:
 
 
 def _usage(parser: argparse.ArgumentParser) -> str:
-    return " ".join(parser.format_usage().replace("usage:", "").split())
+    """The usage line without the global options (slapos(1) has them), wrapped at 88 columns."""
+    import textwrap
+
+    text = " ".join(parser.format_usage().replace("usage:", "").split())
+    for common in ("[-h] ", "[--debug] ", "[-v] ", "[-q] ", "[--log-file FILE] "):
+        text = text.replace(common, "", 1) if "COMMAND" not in text else text
+    return "\n".join(textwrap.wrap(text, 88, subsequent_indent="    ", break_on_hyphens=False))
 
 
 def render_group(name: str, group: tuple[str, ...], description: str) -> str:
@@ -204,11 +210,12 @@ def render_configuration() -> str:
     for key in slapos_config_keys.all_keys():
         if key.section != section:
             section = key.section
-            out += [f"## [{section}]", "", "| key | default | example | meaning |", "|---|---|---|---|"]
-        cells = [f"`{key.name}`", _escape(key.default), f"`{key.example}`" if key.example else "",
-                 _escape(key.description)]
-        out.append("| " + " | ".join(cells) + " |")
-    out.append("")
+            out += [f"## [{section}]", ""]
+        example = f" Example: `{key.example}`." if key.example and key.example != key.default else ""
+        meaning = _escape(key.description)
+        if meaning and not meaning.endswith("."):
+            meaning += "."
+        out += [f"`{key.name}` (default: {_escape(key.default)})", f": {meaning}{example}", ""]
     return "\n".join(out)
 
 
