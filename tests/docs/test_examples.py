@@ -1,5 +1,9 @@
 """The examples of the documentation run as shown.
 
+Every ```python block of docs/ preceded by the line `<!-- tested -->` runs (in this process, with
+the proxy's URL in place of http://127.0.0.1:4000/) against the same kind of proxy, and must not
+raise.
+
 Every ```console block of docs/ preceded by the line `<!-- tested -->` is replayed against a real
 proxy with three partitions (the client tests' fixture): each `$ ` line is one command (split with
 shlex, no shell) run by the installed `slapos`, with the client and node configurations of that
@@ -22,8 +26,8 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 MARK = "<!-- tested -->"
 
 
-def marked_blocks() -> list[tuple[str, int, list[str]]]:
-    """(page, line, block lines) of every marked console block."""
+def marked_blocks(language: str = "console") -> list[tuple[str, int, list[str]]]:
+    """(page, line, block lines) of every marked block of that language."""
     blocks = []
     for page in sorted(DOCS.rglob("*.md")):
         if "generated" in page.parts or "_build" in page.parts:
@@ -31,7 +35,10 @@ def marked_blocks() -> list[tuple[str, int, list[str]]]:
         lines = page.read_text(encoding="utf-8").splitlines()
         for index, line in enumerate(lines):
             if line.strip() == MARK:
-                assert lines[index + 1].startswith("```console"), f"{page}:{index + 1}: {MARK} must precede a console block"
+                fence = lines[index + 1]
+                assert fence in ("```console", "```python"), f"{page}:{index + 1}: {MARK} must precede a console or python block"
+                if fence != "```" + language:
+                    continue
                 end = lines.index("```", index + 2)
                 blocks.append((str(page.relative_to(DOCS)), index + 2, lines[index + 2:end]))
     return blocks
@@ -55,7 +62,18 @@ def matches(expected: list[str], actual: str) -> bool:
 
 
 def test_the_docs_have_tested_examples():
-    assert marked_blocks(), f"no block marked {MARK} in docs/"
+    assert marked_blocks("console"), f"no console block marked {MARK} in docs/"
+    assert marked_blocks("python"), f"no python block marked {MARK} in docs/"
+
+
+@pytest.mark.parametrize("page,line,block", marked_blocks("python"), ids=lambda v: str(v) if not isinstance(v, list) else "")
+def test_python_example(client, page, line, block, capsys):  # noqa: F811
+    # the client fixture's proxy has local_computer with 3 partitions; the examples supply their release
+    code = "\n".join(block).replace("http://127.0.0.1:4000/", client.proxy.url)
+    exec(compile(code, f"{page}:{line}", "exec"), {"__name__": "__docs__"})  # noqa: S102
+    out = capsys.readouterr().out
+    assert out  # the example prints what it shows
+    print(out)
 
 
 def test_matching_rules():
