@@ -37,7 +37,7 @@ autodoc_default_options = {"members": True, "undoc-members": False, "show-inheri
 # man pages: slapos(1) and one per command group, from the generated command reference
 man_pages = [
     (f"reference/generated/{name}", name, description, [author], 1)
-    for name, _group, description in __import__("slapos_reference").GROUPS
+    for name, _group, description in __import__("slapos_reference").groups()
 ] + [("reference/generated/configuration", "slapos.cfg", "configuration of a slapnode node, proxy and client",
       [author], 5)]
 man_show_urls = False

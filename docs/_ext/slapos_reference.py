@@ -26,13 +26,22 @@ sys.path.insert(0, str(HERE))
 import slapos_config_keys  # noqa: E402
 
 GENERATED = "reference/generated"
-# man page name, group path, one-line description
-GROUPS = [
-    ("slapos", (), "a SlapOS-compatible node stack: run a node, a standalone master, request software"),
-    ("slapos-node", ("node",), "run a SlapOS node: format, build software, deploy instances, report"),
-    ("slapos-proxy", ("proxy",), "a SLAP master for one machine on one SQLite file"),
-    ("slapos-configure", ("configure",), "write the configuration of a standalone node or of a client"),
-]
+# one-line descriptions of the command groups (man page NAME lines); a group not listed here still
+# gets its page and man page, described by its first word
+DESCRIPTIONS = {
+    (): "a SlapOS-compatible node stack: run a node, a standalone master, request software",
+    ("node",): "run a SlapOS node: format, build software, deploy instances, report",
+    ("proxy",): "a SLAP master for one machine on one SQLite file",
+    ("configure",): "write the configuration of a standalone node or of a client",
+}
+
+
+def groups() -> list[tuple[str, tuple[str, ...], str]]:
+    """(man page name, group path, description) of `slapos` and of every command group."""
+    _parser, commands = full_parser()
+    paths = sorted({c.path[:-1] for c in commands} | {()})
+    return [("-".join(("slapos", *path)), path, DESCRIPTIONS.get(path, f"the slapos {' '.join(path)} commands"))
+            for path in paths]
 
 
 @dataclass
@@ -141,10 +150,10 @@ def render_group(name: str, group: tuple[str, ...], description: str) -> str:
                 "## Global options", "",
                 "Accepted before or after the command name.", ""]
         out += _option_lines(documented_actions(parser, skip_common=False))
-        groups = sorted({c.path[0] for c in commands if len(c.path) > 1})
         out += ["## Command groups", ""]
-        for g in groups:
-            out.append(f"- `slapos {g} COMMAND`: see [slapos {g}](slapos-{g}.md)")
+        for name, path, _description in groups():
+            if path:
+                out.append(f"- `slapos {' '.join(path)} COMMAND`: see [slapos {' '.join(path)}]({name}.md)")
         out.append("")
     mine = [c for c in commands if c.path[:-1] == group]
     out += ["## Commands", ""]
@@ -227,7 +236,7 @@ def render_exit_codes() -> str:
 
 def pages() -> dict[str, str]:
     """file name (in GENERATED) → Markdown text."""
-    result = {f"{name}.md": render_group(name, group, description) for name, group, description in GROUPS}
+    result = {f"{name}.md": render_group(name, group, description) for name, group, description in groups()}
     result["configuration.md"] = render_configuration()
     result["exit-codes.md"] = render_exit_codes()
     return result
@@ -237,7 +246,11 @@ def write_pages(srcdir: Path) -> list[Path]:
     target = srcdir / GENERATED
     target.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in pages().items():
+    current = pages()
+    for stale in target.glob("*.md"):  # a group that no longer exists
+        if stale.name not in current:
+            stale.unlink()
+    for name, text in current.items():
         path = target / name
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             # atomically: two builds (html and man, in parallel tests) may write the same page

@@ -34,12 +34,12 @@ def test_every_command_and_option_has_help():
 def test_every_command_and_option_is_in_the_reference():
     pages = slapos_reference.pages()
     _parser, commands = slapos_reference.full_parser()
-    groups = {group: f"{name}.md" for name, group, _ in slapos_reference.GROUPS}
+    groups = {group: f"{name}.md" for name, group, _ in slapos_reference.groups()}
     problems = []
     for command in commands:
         page = pages[groups.get(command.path[:-1], "")] if command.path[:-1] in groups else None
         if page is None:
-            problems.append(f"slapos {' '.join(command.path)}: its group has no page (GROUPS)")
+            problems.append(f"slapos {' '.join(command.path)}: its group has no page")
             continue
         if f"### {' '.join(('slapos', *command.path))}\n" not in page:
             problems.append(f"slapos {' '.join(command.path)}: no section")
