@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check slapos tests bench
+	$(BIN)/ruff check slapos tests bench docs/_ext
 
 demo: $(STAMP)
 	$(BIN)/python demo/demo.py
