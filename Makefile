@@ -20,18 +20,24 @@ all: test
 ifndef SLAPNODE_STAGED
 ifneq ($(words $(CURDIR)),1)
 STAGE_WHY := spaces
-else ifeq ($(shell id -u),0)
-STAGE_WHY := $(shell runuser -u nobody -- test -r '$(CURDIR)/Makefile' 2>/dev/null || echo unreachable)
 endif
+ifeq ($(shell id -u),0)
+STAGE_WHY += $(shell runuser -u nobody -- test -r '$(CURDIR)/Makefile' 2>/dev/null || echo unreachable)
+endif
+STAGE_WHY := $(strip $(STAGE_WHY))
 endif
 
 ifdef STAGE_WHY
 
 STAGE_DIR := $(shell $(PYTHON) tools/stage.py path)
 
+# the reference captures beside the checkout (../shared) stay where they are: tests find them
+# through SLAPNODE_CAPTURES
 install test lint demo bench:
 	@$(PYTHON) tools/stage.py sync $(STAGE_WHY)
-	@umask 022 && $(MAKE) --no-print-directory -C $(STAGE_DIR) SLAPNODE_STAGED=1 $@
+	@captures="$$(cd .. && pwd)/shared/reference/captures"; \
+	  if [ -z "$$SLAPNODE_CAPTURES" ] && [ -d "$$captures" ]; then export SLAPNODE_CAPTURES="$$captures"; fi; \
+	  umask 022 && $(MAKE) --no-print-directory -C $(STAGE_DIR) SLAPNODE_STAGED=1 $@
 
 demo-stop:
 	@if [ -x $(STAGE_DIR)/$(BIN)/python ]; then \

@@ -19,8 +19,8 @@ and caches are kept). `make clean` stops a demo running there and removes the co
 Standard library only: it runs with the system Python before any virtualenv exists.
 
     tools/stage.py path            print the staging directory
-    tools/stage.py sync WHY        bring it up to date and say in one line what happens (WHY:
-                                   "unreachable" or "spaces")
+    tools/stage.py sync WHY...     bring it up to date and say in one line what happens (WHY:
+                                   "unreachable" and/or "spaces")
     tools/stage.py clean           stop a demo running there, remove it
 """
 from __future__ import annotations
@@ -147,10 +147,13 @@ def sync(target: Path, checkout: Path = CHECKOUT) -> int:
     return changes
 
 
-def reason_text(why: str) -> str:
-    if why == "spaces":
-        return "its path holds a space, which buildout cannot handle"
-    return f"{NODE_USER} (who runs the node's builds and services) cannot reach {CHECKOUT}"
+def reason_text(why: list[str]) -> str:
+    reasons = []
+    if "unreachable" in why:
+        reasons.append(f"{NODE_USER} (who runs the node's builds and services) cannot reach it")
+    if "spaces" in why:
+        reasons.append("its path holds a space, which buildout cannot handle")
+    return " and ".join(reasons) or "it cannot be used in place"
 
 
 def clean(target: Path) -> None:
@@ -175,10 +178,9 @@ def main(argv: list[str]) -> int:
         if command == "path":
             print(target)
         elif command == "sync":
-            why = argv[1] if len(argv) > 1 else "unreachable"
             sync(target)
             print(f"make: running in {target}, a copy of this checkout with its own .venv, because "
-                  f"{reason_text(why)} (`make clean` removes it)", flush=True)
+                  f"{reason_text(argv[1:])} (`make clean` removes it)", flush=True)
         elif command == "clean":
             clean(target)
         else:
