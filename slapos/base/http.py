@@ -35,7 +35,7 @@ REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 
 
-class PolicyError(Exception):
+class PolicyError(ValueError):
     """A request the policy will not make (an unsupported proxy, an unsafe redirect, a CA variable
     naming no file); the message says what happened and what to change. `kind`: "proxy",
     "redirect" or "ca"."""

@@ -77,7 +77,7 @@ def _waitress_server(app: ProxyApp, config: ProxyConfig, sockets: list[socket.so
         # SLAP routes still refuse anything over max_request_size from its Content-Length
         body_limit = max(body_limit, 8 << 30)
     where: dict = {"sockets": sockets} if sockets else {"host": config.host, "port": config.port}
-    return waitress.create_server(
+    server = waitress.create_server(
         app,
         **where,
         threads=config.threads,
@@ -91,6 +91,10 @@ def _waitress_server(app: ProxyApp, config: ProxyConfig, sockets: list[socket.so
         clear_untrusted_proxy_headers=True,
         expose_tracebacks=False,
     )
+    from . import drain
+
+    drain.install(server)  # a body over the backstop still gets a readable 413, not a reset
+    return server
 
 
 def create_server(config: ProxyConfig, app: ProxyApp | None = None):
