@@ -57,7 +57,7 @@ $(BIN)/python:
 # virtualenv's own pip and setuptools need no upgrade. A HOME that cannot be written (unset,
 # read-only) only disables pip's cache.
 $(STAMP): $(BIN)/python pyproject.toml
-	@cache="$${XDG_CACHE_HOME:-$${HOME:-/nonexistent}/.cache}"; \
+	@home="$${HOME:-$$(getent passwd "$$(id -u)" | cut -d: -f6)}"; cache="$${XDG_CACHE_HOME:-$$home/.cache}"; \
 	  mkdir -p "$$cache" 2>/dev/null && test -w "$$cache" || export PIP_NO_CACHE_DIR=1; \
 	  echo "$(PIP) install -e '.[test]'"; $(PIP) install -e '.[test]'
 	@touch $(STAMP)
