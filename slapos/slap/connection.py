@@ -406,6 +406,12 @@ class Connection:
                 f"key_file/cert_file and that the certificate belongs to this computer or partition",
                 url=url, status=status,
             )
+        if status == 407:
+            return ConnectionError(
+                f"{where} answered 407: the proxy (HTTP_PROXY) wants credentials{said}; put them in its URL "
+                f"(http://user:password@proxy:port) or list the master's host in NO_PROXY",
+                url=url, status=status,
+            )
         if status == 413:
             return BadRequestError(
                 f"{where} answered 413: the request ({sent} bytes) is larger than the master accepts{said}; "

@@ -31,7 +31,8 @@ class ForwardProxy:
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
-                proxy._handle(self.connection, self.rfile)
+                while proxy._handle(self.connection, self.rfile):  # keep-alive, as real proxies do
+                    pass
 
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True
@@ -48,10 +49,11 @@ class ForwardProxy:
         self.server.shutdown()
         self.server.server_close()
 
-    def _handle(self, client: socket.socket, rfile) -> None:
+    def _handle(self, client: socket.socket, rfile) -> bool:
+        """One request; True when the client may send another on this connection."""
         line = rfile.readline(65536).decode("latin-1").strip()
         if not line:
-            return
+            return False
         method, target, _version = line.split(" ", 2)
         headers: dict[str, str] = {}
         while True:
@@ -64,21 +66,21 @@ class ForwardProxy:
         if self.authorization and headers.get("Proxy-Authorization") != self.authorization:
             client.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n"
                            b"Content-Length: 0\r\nConnection: close\r\n\r\n")
-            return
+            return False
         if method == "CONNECT":
             host, _, port = target.rpartition(":")
             upstream = self._connect(host, int(port))
             if upstream is None:
                 client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
-                return
+                return False
             client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             self._pipe(client, upstream, rfile)
-            return
+            return False
         parts = urlsplit(target)
         upstream = self._connect(parts.hostname or "", parts.port or 80)
         if upstream is None:
             client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            return
+            return False
         length = int(headers.get("Content-Length") or 0)
         body = rfile.read(length) if length else b""
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -90,6 +92,7 @@ class ForwardProxy:
             upstream.sendall(head.encode("latin-1") + body)
             while chunk := upstream.recv(65536):
                 client.sendall(chunk)
+        return True
 
     def _connect(self, host: str, port: int) -> socket.socket | None:
         where = self.hosts.get(host.lower().strip("[]"))

@@ -99,6 +99,10 @@ def test_a_proxy_that_refuses_is_named(master, clean_env):
         clean_env.setenv("HTTPS_PROXY", proxy.url)  # no credentials: 407 to the CONNECT
         with pytest.raises(ConnectionError, match=r"through the proxy http://127\.0\.0\.1:\d+ .*NO_PROXY"):
             Connection(f"https://master.test:{_port(master)}/", timeout=5).get("getHateoasUrl")
+        clean_env.setenv("HTTP_PROXY", proxy.url)  # the same for an http master: the 407 is an answer
+        with pytest.raises(ConnectionError, match="answered 407: the proxy .* wants credentials") as raised:
+            Connection(f"http://master.test:{_port(master)}/", timeout=5).get("getHateoasUrl")
+        assert raised.value.status == 407
     finally:
         proxy.stop()
 
