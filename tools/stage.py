@@ -36,6 +36,7 @@ from pathlib import Path
 CHECKOUT = Path(__file__).resolve().parent.parent
 ROOT_BASE = Path("/var/lib/slapnode-stage")
 MANIFEST = ".stage-manifest"  # the files the last sync copied: what a later sync may remove
+ORIGIN = ".stage-origin"  # the checkout this is a copy of (tests that clone the repository use it)
 NODE_USER = "nobody"  # who runs the node in the demo and the tests, as root
 # never copied, whatever git says (build products and the run directory of the demo)
 SKIP_PARTS = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", "build", "dist"}
@@ -141,6 +142,7 @@ def sync(target: Path, checkout: Path = CHECKOUT) -> int:
         if os.path.lexists(old) and not old.is_dir():
             old.unlink()
             changes += 1
+    (target / ORIGIN).write_text(os.fsdecode(checkout) + "\n", encoding="utf-8", errors="surrogateescape")
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text("\n".join(files) + "\n", encoding="utf-8", errors="surrogateescape")
     os.replace(tmp, manifest)
