@@ -6,18 +6,61 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# quiet: the newcomer sees the project's output, not pip's (errors still show)
+PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input -q
 
 .PHONY: all install test lint demo demo-stop bench clean docs man typecheck
 
 all: test
 
+# Where the targets cannot run in place, they run in a staging copy (tools/stage.py): as root
+# when `nobody` (who runs the node's builds and services) cannot reach this checkout (root's 0700
+# home, `mktemp -d`), and for anyone when the path holds a space (buildout cannot build there).
+# The ordinary case costs one `id -u`.
+ifndef SLAPNODE_STAGED
+ifneq ($(words $(CURDIR)),1)
+STAGE_WHY := spaces
+endif
+ifeq ($(shell id -u),0)
+STAGE_WHY += $(shell runuser -u nobody -- test -r '$(CURDIR)/Makefile' 2>/dev/null || echo unreachable)
+endif
+STAGE_WHY := $(strip $(STAGE_WHY))
+endif
+
+ifdef STAGE_WHY
+
+STAGE_DIR := $(shell $(PYTHON) tools/stage.py path)
+
+# the reference captures beside the checkout (../shared) stay where they are: tests find them
+# through SLAPNODE_CAPTURES
+install test lint demo bench docs man typecheck:
+	@$(PYTHON) tools/stage.py sync $(STAGE_WHY)
+	@captures="$$(cd .. && pwd)/shared/reference/captures"; \
+	  if [ -z "$$SLAPNODE_CAPTURES" ] && [ -d "$$captures" ]; then export SLAPNODE_CAPTURES="$$captures"; fi; \
+	  umask 022 && $(MAKE) --no-print-directory -C $(STAGE_DIR) SLAPNODE_STAGED=1 $@
+
+demo-stop:
+	@if [ -x $(STAGE_DIR)/$(BIN)/python ]; then \
+	  umask 022 && $(MAKE) --no-print-directory -C $(STAGE_DIR) SLAPNODE_STAGED=1 demo-stop; \
+	else echo "Nothing to stop: there is no staging copy $(STAGE_DIR)."; fi
+
+clean:
+	@$(PYTHON) tools/stage.py clean
+	rm -rf $(VENV) build *.egg-info .pytest_cache docs/_build docs/reference/generated
+
+else
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python setup.py
-	$(BIN)/pip install -q --upgrade pip setuptools wheel
-	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
-	touch $(STAMP)
+# pip builds the package with setuptools from pyproject.toml in an isolated environment: the
+# virtualenv's own pip and setuptools need no upgrade. A HOME that cannot be written (unset,
+# read-only) only disables pip's cache.
+$(STAMP): $(BIN)/python pyproject.toml
+	@home="$${HOME:-$$(getent passwd "$$(id -u)" | cut -d: -f6)}"; cache="$${XDG_CACHE_HOME:-$$home/.cache}"; \
+	  mkdir -p "$$cache" 2>/dev/null && test -w "$$cache" || export PIP_NO_CACHE_DIR=1; \
+	  echo "$(PIP) install -e '.[test]'"; $(PIP) install -e '.[test]'
+	@touch $(STAMP)
 
 install: $(STAMP)
 
@@ -25,7 +68,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check slapos tests bench docs/_ext
+	$(BIN)/ruff check slapos tests bench tools demo docs/_ext
 
 demo: $(STAMP)
 	$(BIN)/python demo/demo.py
@@ -37,6 +80,7 @@ bench: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
+	@$(PYTHON) tools/stage.py clean  # a copy made while this checkout was not reachable
 	rm -rf $(VENV) build *.egg-info .pytest_cache docs/_build docs/reference/generated
 
 docs: $(STAMP)
@@ -48,3 +92,5 @@ man: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+endif

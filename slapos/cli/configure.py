@@ -150,18 +150,21 @@ def fetch_certificate(master_url_web: str, token: str, timeout: float = 30.0) ->
     """Ask the master's web site for the user's certificate and key (`Person_getCertificate`,
     authenticated by the `X-Access-Token` header); returns (certificate, key) as PEM text."""
     import json
-    import urllib.error
-    import urllib.request
+
+    from slapos.base import http  # proxies, CAs, redirects: the one HTTP policy
 
     url = master_url_web.rstrip("/") + "/Person_getCertificate"
-    request = urllib.request.Request(url, data=b"", method="POST", headers={"X-Access-Token": token})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) URL given by the user
-            data = json.loads(response.read(1024 * 1024).decode("utf-8"))
-    except urllib.error.HTTPError as e:
-        raise SlapOSError(f"{url} refused the token (HTTP {e.code}): ask the master for a new one") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise SlapOSError(f"cannot reach {url}: {getattr(e, 'reason', e)}; check --master-url-web") from None
+        answer = http.fetch(url, method="POST", data=b"", headers={"X-Access-Token": token}, timeout=timeout,
+                            max_bytes=1024 * 1024)
+    except http.PolicyError as e:
+        raise SlapOSError(f"{e}; check --master-url-web") from None
+    except (OSError, ValueError) as e:
+        raise SlapOSError(f"cannot reach {url}: {e}; check --master-url-web") from None
+    if answer.status != 200:
+        raise SlapOSError(f"{url} refused the token (HTTP {answer.status}): ask the master for a new one")
+    try:
+        data = json.loads(answer.body.decode("utf-8"))
     except ValueError:
         raise SlapOSError(f"{url} did not answer JSON: is --master-url-web the master's web site?") from None
     if not isinstance(data, dict) or not data.get("certificate") or not data.get("key"):

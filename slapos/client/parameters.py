@@ -163,10 +163,13 @@ def _fetch(url: str, timeout: float = 10.0) -> str | None:
             return Path(url).read_text(encoding="utf-8")
         if not url.startswith(("http://", "https://")):
             return None
-        import urllib.request
+        from slapos.base import http  # proxies, CAs, redirects: the one HTTP policy
 
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) only
-            return response.read(4 * 1024 * 1024).decode("utf-8")
+        answer = http.fetch(url, timeout=timeout, max_bytes=4 * 1024 * 1024)
+        if answer.status != 200:
+            log.debug("cannot read %s: HTTP %s", url, answer.status)
+            return None
+        return answer.body.decode("utf-8")
     except (OSError, UnicodeDecodeError, ValueError) as e:
         log.debug("cannot read %s: %s", url, e)
         return None

@@ -378,31 +378,58 @@ class BinaryCache:
         return self._tags
 
     # HTTP ---------------------------------------------------------------------------------
+    # `requests` streams archives both ways; what it would decide from the environment by itself
+    # (proxies, CA bundle, redirects, which differ from the SLAP client's) comes from the one
+    # policy of slapos.base.http instead.
     def _http(self):
         if self._session is None:
             import requests
 
             self._session = requests.Session()
+            self._session.trust_env = False  # proxies and CAs: slapos.base.http decides
             self._session.headers["User-Agent"] = "slapnode-binary-cache"
         return self._session
 
     @staticmethod
     def _tls(tls: tuple[str | None, str | None, str | None]) -> dict[str, Any]:
+        from slapos.base.http import requests_verify
+
         ca, cert, key = tls
-        kwargs: dict[str, Any] = {}
-        if ca:
-            kwargs["verify"] = ca
+        kwargs: dict[str, Any] = {"verify": requests_verify(ca)}
         if cert:
             kwargs["cert"] = (cert, key) if key else cert
         return kwargs
 
     def _request(self, method: str, url: str, tls, **kwargs):
+        """One request by the policy; a safe redirect is followed (GET only: an upload's body is
+        a stream sent once), another is a CacheError naming where the server pointed."""
         import requests
 
-        try:
-            return self._http().request(method, url, timeout=(10, self.config.timeout), **self._tls(tls), **kwargs)
-        except requests.RequestException as e:
-            raise CacheError(f"binary cache {url} unreachable: {type(e).__name__}: {e}") from None
+        from slapos.base import http
+
+        for hops in range(http.MAX_REDIRECTS + 1):
+            try:
+                proxy = http.proxy_for(url)
+                response = self._http().request(
+                    method, url, timeout=http.timeouts(self.config.timeout), allow_redirects=False,
+                    proxies={url.split(":", 1)[0]: proxy.url} if proxy else {}, **self._tls(tls), **kwargs)
+            except http.PolicyError as e:
+                raise CacheError(f"binary cache {url}: {e}") from None
+            except requests.RequestException as e:
+                via = f" through the proxy {proxy.display}" if proxy else ""
+                raise CacheError(f"binary cache {url} unreachable{via}: {type(e).__name__}: {e}") from None
+            if response.status_code not in http.REDIRECT_STATUSES:
+                return response
+            response.close()
+            try:
+                if method != "GET":
+                    raise http.PolicyError("redirect", f"{url} redirected {method} to "
+                                           f"{response.headers.get('Location')} (HTTP {response.status_code}): "
+                                           f"an upload is not sent twice; use the URL it points to")
+                method, url = http.redirect(method, response.status_code, url, response.headers.get("Location"), hops)
+            except http.PolicyError as e:
+                raise CacheError(f"binary cache: {e}") from None
+        raise AssertionError("unreachable")  # pragma: no cover - http.redirect() stops the loop
 
     # lookup -------------------------------------------------------------------------------
     def lookup(self, url: str, key: str) -> Entry | None:

@@ -61,7 +61,7 @@ def _waitress_server(app: ProxyApp, config: ProxyConfig):
         # binary cache uploads are large; waitress spools big bodies to a temporary file, and the
         # SLAP routes still refuse anything over max_request_size from its Content-Length
         body_limit = max(body_limit, 8 << 30)
-    return waitress.create_server(
+    server = waitress.create_server(
         app,
         host=config.host,
         port=config.port,
@@ -76,6 +76,10 @@ def _waitress_server(app: ProxyApp, config: ProxyConfig):
         clear_untrusted_proxy_headers=True,
         expose_tracebacks=False,
     )
+    from . import drain
+
+    drain.install(server)  # a body over the backstop still gets a readable 413, not a reset
+    return server
 
 
 def create_server(config: ProxyConfig, app: ProxyApp | None = None):

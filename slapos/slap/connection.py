@@ -12,6 +12,9 @@
 * Status codes and network failures become the `slapos.slap.exceptions` hierarchy; each message
   names the URL and says what to check. Nothing else escapes.
 * One `Connection` may be used from several threads (the transport pools connections).
+* The HTTP policy of `slapos.base.http` (proxies from HTTP_PROXY/HTTPS_PROXY/NO_PROXY, the CA
+  source, connect and read timeouts, redirects): a safe redirect is followed (a permanent one is
+  logged once, to fix master_url), another is a `RedirectError` naming where the master pointed.
 
 `http.client` (and `ssl`) are imported on the first call, not when this module is imported.
 """
@@ -31,6 +34,7 @@ from .exceptions import (
     BadRequestError,
     ConnectionError,
     NotFoundError,
+    RedirectError,
     ResourceNotReady,
     ServerError,
 )
@@ -41,9 +45,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = 60.0  # slapos.base.http.DEFAULT_TIMEOUT (the module is imported on the first call)
 USER_AGENT = "slapnode/0.1 (slapos.core compatible)"
 _MAX_REASON = 300  # characters of a reason or cause quoted in a message
+_REDIRECTS = (301, 302, 303, 307, 308)  # slapos.base.http.REDIRECT_STATUSES
 
 
 def normalize_master_url(url: str) -> str:
@@ -119,6 +124,8 @@ class Connection:
         self._parse_target()
         self._transport = None
         self._lock = threading.Lock()
+        self._elsewhere: dict[tuple[str, str, int], object] = {}  # transports of redirect targets
+        self._moved_logged = False
 
     def _parse_target(self) -> None:
         parts = urlsplit(self.master_url)
@@ -161,23 +168,47 @@ class Connection:
         if self._transport is None:
             with self._lock:
                 if self._transport is None:
-                    from .transport import Transport
-
-                    context = self._ssl_context() if self.https else None
-                    self._transport = Transport(self.host, self.port, self.timeout, context)
+                    self._transport = self._new_transport(self.master_url, self.host, self.port, self.https)
         return self._transport
+
+    def _new_transport(self, url: str, host: str, port: int, https: bool):
+        from slapos.base import http
+
+        from .transport import Transport
+
+        try:
+            proxy = http.proxy_for(url)
+        except http.PolicyError as e:
+            raise ConnectionError(f"{self._display}: {e}", url=self._display) from None
+        context = self._ssl_context() if https else None
+        connect, read = http.timeouts(self.timeout)
+        return Transport(host, port, read, context, proxy=proxy, connect_timeout=connect)
+
+    def _transport_for(self, url: str):
+        """The transport of the origin of `url` (a redirect target): ours, or one kept for it."""
+        parts = urlsplit(url)
+        https = parts.scheme == "https"
+        host = (parts.hostname or "").lower()
+        port = parts.port or (443 if https else 80)
+        if (https, host, port) == (self.https, self.host.lower(), self.port):
+            return self.transport
+        key = (parts.scheme, host, port)
+        with self._lock:
+            transport = self._elsewhere.get(key)
+            if transport is None:
+                transport = self._elsewhere[key] = self._new_transport(url, host, port, https)
+        return transport
 
     def _ssl_context(self):
         import ssl
 
+        from slapos.base.http import PolicyError, ssl_context
+
         try:
-            if self.insecure:
-                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            else:
-                # verification on, host name checked; cafile alone replaces the system CAs
-                context = ssl.create_default_context(cafile=self.master_ca_file or _fallback_cafile(ssl))
+            # verification on, host name checked; master_ca_file alone replaces the system CAs
+            context = ssl_context(self.master_ca_file, insecure=self.insecure)
+        except PolicyError as e:
+            raise ConnectionError(f"{self._display}: {e}", url=self._display) from None
         except (ssl.SSLError, OSError) as e:
             raise ConnectionError(
                 f"{self._display}: cannot load master_ca_file {self.master_ca_file} ({_short(e)}); it must be "
@@ -200,6 +231,8 @@ class Connection:
         """Close the idle connections; the connection stays usable (a later call reconnects)."""
         if self._transport is not None:
             self._transport.close()
+        for transport in list(self._elsewhere.values()):
+            transport.close()
 
     def url(self, endpoint: str) -> str:
         return self._display + endpoint.lstrip("/")
@@ -246,11 +279,19 @@ class Connection:
             headers.update(partition_header(*partition))
         elif self._auth:
             headers["Authorization"] = self._auth
-        transport = self.transport
+        response = self._send(self.transport, method, url, target, body, headers)
+        if response.status in _REDIRECTS:
+            response, url = self._follow(response, method, url, body, headers)
+        status = response.status
+        if 200 <= status < 300:
+            return response.body
+        raise self._error(method, url, status, response.body, fields, len(body or b""))
+
+    def _send(self, transport, method: str, url: str, target: str, body: bytes | None, headers: dict):
         from .transport import TransportError
 
         try:
-            response = transport.request(method, target, body, headers)
+            return transport.request(method, target, body, headers)
         except TransportError as e:
             if e.kind == "invalid":
                 raise BadRequestError(
@@ -258,17 +299,45 @@ class Connection:
                     f"computer and partition ids (no control characters)",
                     url=url,
                 ) from None
-            raise ConnectionError(self._network_advice(method, url, e), url=url) from None
-        status = response.status
-        if 200 <= status < 300:
-            return response.body
-        raise self._error(method, url, status, response.body, fields)
+            raise ConnectionError(self._network_advice(method, url, e, transport), url=url) from None
 
-    def _network_advice(self, method: str, url: str, error) -> str:
+    def _follow(self, response, method: str, url: str, body: bytes | None, headers: dict):
+        """Follow the master's redirects while the policy calls them safe; returns the final answer
+        and its URL, or raises RedirectError saying where the master pointed."""
+        from slapos.base import http
+
+        hops = 0
+        while response.status in _REDIRECTS:
+            try:
+                new_method, new_url = http.redirect(method, response.status, url, response.location, hops)
+            except http.PolicyError as e:
+                raise RedirectError(f"{e}; check master_url", url=url, status=response.status,
+                                    location=e.location) from None
+            if response.status in (301, 308) and not self._moved_logged:
+                self._moved_logged = True
+                logger.warning("the master moved %s permanently to %s: set master_url accordingly", url, new_url)
+            else:
+                logger.debug("the master redirected %s %s to %s", method, url, new_url)
+            if new_method != method:
+                body = None
+                headers = {k: v for k, v in headers.items() if k != "Content-Type"}
+            if not http.same_origin(url, new_url):
+                headers = {k: v for k, v in headers.items() if k != "Authorization"}
+            parts = urlsplit(new_url)
+            target = quote(parts.path or "/", safe="!#$%&'()*+,/:;=?@[]~") + (f"?{parts.query}" if parts.query else "")
+            method, url, hops = new_method, new_url, hops + 1
+            response = self._send(self._transport_for(new_url), method, url, target, body, headers)
+        return response, url
+
+    def _network_advice(self, method: str, url: str, error, transport=None) -> str:
         """One line: what failed on the way to the master, and what to check."""
         cause = error.cause
         text = _short(cause) if isinstance(cause, BaseException) else str(cause)
         kind = error.kind
+        proxy = getattr(transport, "proxy", None)
+        if proxy is not None and kind in ("connect", "dns", "proxy", "timeout"):
+            return (f"{method} {url}: through the proxy {proxy.display} (from HTTP_PROXY/HTTPS_PROXY): "
+                    f"{text}; check the proxy, or list the master's host in NO_PROXY")
         if kind == "timeout":
             return (f"{method} {url}: no answer within {self.timeout:g} s; check that the master is up "
                     f"and reachable, or raise the timeout")
@@ -310,7 +379,8 @@ class Connection:
         )
 
     @staticmethod
-    def _error(method: str, url: str, status: int, body: bytes, fields: Mapping[str, Any]) -> Exception:
+    def _error(method: str, url: str, status: int, body: bytes, fields: Mapping[str, Any],
+               sent: int = 0) -> Exception:
         reason = _reason(body)
         # name the identifying fields, never the (possibly large or secret) parameter documents
         ids = ", ".join(
@@ -336,6 +406,18 @@ class Connection:
                 f"key_file/cert_file and that the certificate belongs to this computer or partition",
                 url=url, status=status,
             )
+        if status == 407:
+            return ConnectionError(
+                f"{where} answered 407: the proxy (HTTP_PROXY) wants credentials{said}; put them in its URL "
+                f"(http://user:password@proxy:port) or list the master's host in NO_PROXY",
+                url=url, status=status,
+            )
+        if status == 413:
+            return BadRequestError(
+                f"{where} answered 413: the request ({sent} bytes) is larger than the master accepts{said}; "
+                f"send smaller parameters (or raise [slapproxy] max_request_size on a local proxy)",
+                url=url, status=status,
+            )
         if 400 <= status < 500:
             return BadRequestError(
                 f"{where} answered {status}{said}; the master refused the request as invalid",
@@ -345,24 +427,6 @@ class Connection:
             f"{where} answered {status}{said}; the master failed, see its log",
             url=url, status=status,
         )
-
-
-def _fallback_cafile(ssl) -> str | None:
-    """None when OpenSSL has a CA store (the system's, or SSL_CERT_FILE/SSL_CERT_DIR); else the
-    certifi bundle if installed (what `requests` used), so a node without the ca-certificates
-    package still verifies a master with a public certificate."""
-    paths = ssl.get_default_verify_paths()
-    if paths.cafile and os.path.isfile(paths.cafile):
-        return None
-    if paths.capath and os.path.isdir(paths.capath):
-        with os.scandir(paths.capath) as entries:
-            if any(True for _ in entries):
-                return None
-    try:
-        import certifi
-    except ImportError:
-        return None
-    return certifi.where()
 
 
 def _short(error: BaseException | str) -> str:

@@ -11,6 +11,7 @@ Every failure of a call to the master is a `SlapException`; the subclass says wh
       AuthenticationError    401/403: credentials refused
       BadRequestError        any other 4xx: the master refused the request as malformed
       ConnectionError        network, timeout or TLS failure: the master was not reached
+        RedirectError        the master redirected somewhere we do not follow (see slapos.base.http)
 """
 from __future__ import annotations
 
@@ -50,6 +51,16 @@ class ConnectionError(SlapException):  # noqa: A001 - the reference's name, kept
     """The master could not be reached: refused connection, DNS, timeout, TLS failure."""
 
 
+class RedirectError(ConnectionError):
+    """The master answered with a redirect that is not followed (to http from https, to another
+    scheme, a POST turned into a GET, too many): `location` is where it pointed."""
+
+    def __init__(self, message: str, url: str | None = None, status: int | None = None,
+                 location: str | None = None):
+        super().__init__(message, url=url, status=status)
+        self.location = location
+
+
 __all__ = [
     "SlapException",
     "NotFoundError",
@@ -58,4 +69,5 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ConnectionError",
+    "RedirectError",
 ]

@@ -15,6 +15,12 @@ parsing (status line, headers, chunked bodies); this module adds what a session 
   (a POST that reached the server may have been acted upon).
 * **Bounded answers**: a body (after gzip/deflate decoding) larger than `max_body` is refused; the
   SLAP documents themselves are limited to 64 MiB by `wire`.
+* **The HTTP policy of `slapos.base.http`**: through the forward proxy it names (absolute URLs for
+  http, a CONNECT tunnel for https), `connect_timeout` to connect and `timeout` for each read.
+  Redirects are followed (or refused) one level up, by `slapos.slap.connection`.
+* **An early answer is read**: a server that refuses a request from its headers (413 for an
+  oversized body) may answer and close while we are still sending; when sending fails that way
+  the answer already received is read and returned instead of a network error.
 
 Failures are `TransportError`s saying what went wrong (`kind`); `slapos.slap.connection` turns them
 into `slapos.slap.ConnectionError` messages naming the URL and what to check.
@@ -44,7 +50,8 @@ _CLOSED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError
 class TransportError(Exception):
     """A failed HTTP exchange.
 
-    `kind`: "timeout", "dns", "connect" (refused, unreachable), "tls" (handshake, verification),
+    `kind`: "timeout", "dns", "connect" (refused, unreachable), "proxy" (the forward proxy refused
+    the tunnel), "tls" (handshake, verification),
     "closed" (the server closed the connection without answering), "protocol" (not valid HTTP, or
     an answer cut short), "too-large", "decode" (bad gzip/deflate body), "invalid" (the request
     itself cannot be sent: a control character in a header value or the path; nothing was sent).
@@ -61,22 +68,27 @@ class TransportError(Exception):
 class Response:
     """Status and whole body of an answer (a plain class: `dataclasses` costs ~5 ms to import)."""
 
-    __slots__ = ("status", "reason", "body")
+    __slots__ = ("status", "reason", "body", "location")
 
-    def __init__(self, status: int, reason: str, body: bytes):
+    def __init__(self, status: int, reason: str, body: bytes, location: str | None = None):
         self.status = status
         self.reason = reason
         self.body = body
+        self.location = location  # the Location header, for redirects
 
 
 class Transport:
-    """Keep-alive connections to one `host:port` over http or https (with `ssl_context`)."""
+    """Keep-alive connections to one `host:port` over http or https (with `ssl_context`), directly
+    or through `proxy` (a `slapos.base.http.Proxy`)."""
 
     def __init__(self, host: str, port: int, timeout: float, ssl_context: ssl.SSLContext | None = None,
-                 max_idle: int = MAX_IDLE, max_body: int = MAX_BODY):
+                 max_idle: int = MAX_IDLE, max_body: int = MAX_BODY, proxy=None,
+                 connect_timeout: float | None = None):
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.connect_timeout = timeout if connect_timeout is None else min(connect_timeout, timeout)
+        self.proxy = proxy
         self.ssl_context = ssl_context
         self.max_idle = max_idle
         self.max_body = max_body
@@ -87,9 +99,28 @@ class Transport:
     # -- pool --------------------------------------------------------------------------------
 
     def _new(self) -> http.client.HTTPConnection:
+        timeout = self.connect_timeout  # the read timeout is set once connected
+        proxy = self.proxy
         if self.ssl_context is not None:
-            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.ssl_context)
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            if proxy is None:
+                return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.ssl_context)
+            conn = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=timeout, context=self.ssl_context)
+            conn.set_tunnel(self.host, self.port,
+                            headers={"Proxy-Authorization": proxy.authorization} if proxy.authorization else None)
+            return conn
+        if proxy is None:
+            return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        return http.client.HTTPConnection(proxy.host, proxy.port, timeout=timeout)
+
+    def _target(self, target: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+        """Through an http proxy, the request line names the absolute URL."""
+        if self.proxy is None or self.ssl_context is not None:
+            return target, headers
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        headers = dict(headers)
+        if self.proxy.authorization:
+            headers["Proxy-Authorization"] = self.proxy.authorization
+        return f"http://{host}:{self.port}{target}", headers
 
     def _checkout(self) -> tuple[http.client.HTTPConnection, bool]:
         """An idle connection still open (reused=True) or a new one (reused=False)."""
@@ -160,14 +191,20 @@ class Transport:
         if conn.sock is None:
             try:
                 conn.connect()
+                conn.sock.settimeout(self.timeout)
             except TimeoutError as e:
                 raise TransportError("timeout", e, sent=False) from None
             except ssl.SSLError as e:
                 raise TransportError("tls", e, sent=False) from None
             except socket.gaierror as e:
                 raise TransportError("dns", e, sent=False) from None
-            except (OSError, http.client.HTTPException) as e:
+            except OSError as e:
+                if self.proxy is not None and "Tunnel connection failed" in str(e):
+                    raise TransportError("proxy", e, sent=False) from None
                 raise TransportError("connect", e, sent=False) from None
+            except http.client.HTTPException as e:
+                raise TransportError("connect", e, sent=False) from None
+        target, headers = self._target(target, headers)
         try:
             conn.request(method, target, body=body, headers=headers)
         except (ValueError, http.client.HTTPException) as e:
@@ -176,7 +213,11 @@ class Transport:
         except TimeoutError as e:
             raise TransportError("timeout", e, sent=True) from None
         except _CLOSED as e:
-            # sendall() failed: the request did not reach the server whole
+            # sendall() failed: the request did not reach the server whole. A server refusing it
+            # from its headers (413) answers and closes while we still send: read that answer.
+            early = self._early_answer(conn) if body else None
+            if early is not None:
+                return early
             raise TransportError("closed", e, sent=False) from None
         except ssl.SSLError as e:
             raise TransportError("tls", e, sent=False) from None
@@ -201,7 +242,18 @@ class Transport:
         except (http.client.HTTPException, OSError) as e:
             # the answer had started: this is not a stale connection, never retried
             raise TransportError("protocol", f"answer cut short ({type(e).__name__}: {e})", sent=True) from None
-        return Response(response.status, response.reason, content)
+        return Response(response.status, response.reason, content, response.getheader("Location"))
+
+    def _early_answer(self, conn: http.client.HTTPConnection) -> Response | None:
+        """The answer the server sent before closing, when there is one (else None)."""
+        try:
+            response = conn.getresponse()
+            return Response(response.status, response.reason, response.read(64 * 1024),
+                            response.getheader("Location"))
+        except (http.client.HTTPException, OSError):
+            return None
+        finally:
+            conn.close()  # half-sent: never reused
 
     def _read_body(self, response: http.client.HTTPResponse) -> bytes:
         declared = response.getheader("Content-Length")

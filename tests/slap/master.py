@@ -226,7 +226,8 @@ def make_pki(directory: Path) -> Pki:
     ca_key, ca_cert = ca("slapnode test CA")
     _, other_ca = ca("unrelated CA")
     server_key, server_cert = leaf("127.0.0.1", ca_key, ca_cert, ExtendedKeyUsageOID.SERVER_AUTH,
-                                   [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])
+                                   [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost"),
+                                    x509.DNSName("master.test")])  # reached through a forward proxy
     client_key, client_cert = leaf("COMP-TEST", ca_key, ca_cert, ExtendedKeyUsageOID.CLIENT_AUTH)
     return Pki(
         ca_cert=write(directory / "ca.crt", ca_cert),

@@ -483,23 +483,28 @@ def _answer_first_request_only(server: _RawServer, conn: socket.socket, reader, 
 def test_system_cas_are_openssls_and_honour_ssl_cert_file(https_master, pki, monkeypatch):
     """Without master_ca_file the CA store is OpenSSL's (here pointed at the test CA)."""
     https_master.answer("getHateoasUrl", "ok")
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)  # it comes first (slapos.base.http)
     monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_cert))
     connection = Connection(https_master.url, key_file=pki.client_key, cert_file=pki.client_cert, timeout=5)
     assert connection.get("getHateoasUrl") == b"ok"
 
 
 def test_certifi_bundle_only_when_the_system_has_no_ca_store(monkeypatch, tmp_path):
+    import os
     import ssl
 
     import certifi
 
-    from slapos.slap.connection import _fallback_cafile
+    from slapos.base.http import ca_locations
 
-    if ssl.get_default_verify_paths().cafile:  # the machine has a CA store: it is used
-        assert _fallback_cafile(ssl) is None
-    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "none.pem"))
-    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "none"))
-    assert _fallback_cafile(ssl) == certifi.where()
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    paths = ssl.get_default_verify_paths()
+    if paths.cafile and os.path.isfile(paths.cafile):  # the machine has a CA store: it is used
+        assert ca_locations() == (paths.cafile, None)
+    nowhere = ssl.DefaultVerifyPaths(str(tmp_path / "none.pem"), str(tmp_path / "none"), "", "", "", "")
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: nowhere)
+    assert ca_locations() == (certifi.where(), None)
 
 
 def test_https_url_to_a_plain_http_master_says_so(master):
