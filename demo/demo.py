@@ -703,8 +703,8 @@ def reexec_as_user(args: argparse.Namespace, run: RunDir) -> int:
         if blocked is not None:
             raise DemoError(
                 f"{name} cannot reach {needed}: {blocked} is not traversable by others. The node must not "
-                f"run as root, so put the checkout (or --run-dir) where {name} can reach it, "
-                f"or `chmod o+x {blocked}`"
+                f"run as root, so run `make demo` (it then runs from a copy {name} can reach), put the "
+                f"checkout (or --run-dir) where {name} can reach it, or `chmod o+x {blocked}`"
             )
     run.root.mkdir(parents=True, exist_ok=True)
     _give(run.root, user.pw_uid, user.pw_gid)

@@ -165,7 +165,11 @@ def _fetch(url: str, timeout: float = 10.0) -> str | None:
             return None
         from slapos.base import http  # proxies, CAs, redirects: the one HTTP policy
 
-        answer = http.fetch(url, timeout=timeout, max_bytes=4 * 1024 * 1024)
+        try:
+            answer = http.fetch(url, timeout=timeout, max_bytes=4 * 1024 * 1024)
+        except http.PolicyError as e:  # a redirect not followed, a bad proxy: say it, not "no schema"
+            log.warning("cannot read %s: %s", url, e)
+            return None
         if answer.status != 200:
             log.debug("cannot read %s: HTTP %s", url, answer.status)
             return None

@@ -84,3 +84,25 @@ def test_recipe_and_extension_entry_points_resolve(installed, tmp_path):
     share = venv / "share" / "slapnode"
     assert (share / "slapos.cfg.example").read_text().strip()
     assert (share / "software-release" / "hello-web" / "software.cfg").is_file()
+
+
+def test_sdist_carries_what_the_tests_and_docs_need(installed, tmp_path):
+    """The sdist (MANIFEST.in) has the tests, the demo, the docs, tools/ and the examples, and
+    `make test` can start from it (Makefile, pyproject.toml)."""
+    import tarfile
+
+    _wheel, venv = installed
+    _run([venv / "bin" / "python", "-m", "pip", "install", "-q", "setuptools>=77"], cwd=tmp_path)
+    code = f"from setuptools import build_meta; print(build_meta.build_sdist({str(tmp_path / 'dist')!r}))"
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    name = result.stdout.strip().splitlines()[-1]
+    with tarfile.open(tmp_path / "dist" / name) as sdist:
+        members = {m.split("/", 1)[1] for m in sdist.getnames() if "/" in m}
+    for needed in ("Makefile", "pyproject.toml", "MANIFEST.in", "CHANGES.rst", "slapos.cfg.example",
+                   "tools/stage.py", "demo/demo.py", "docs/install.md", "docs/http.md", "tests/conftest.py",
+                   "tests/packaging/test_wheel.py", "software-release/hello-c/source/hello-c-1.0/main.c",
+                   "slapos/grid/schemas/computer_consumption.xsd"):
+        assert needed in members, needed
+    assert not any(m.startswith(("demo/run/", ".venv/")) or "__pycache__" in m for m in members)
