@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .command import Command, add_node_options, comma_list, node_settings
+from .command import Command, add_node_options, add_slapgrid_common, comma_list, node_settings
 
 DESCRIPTION = """\
 Ask the master which software releases this computer must hold, then build each missing one
@@ -31,6 +31,9 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--buildout-timeout", "--buildout_timeout", dest="buildout_timeout", type=float,
                         metavar="SECONDS", help="kill a build running longer ([slapos] buildout_timeout; default none)")
     parser.add_argument("--pidfile", metavar="FILE", help="override [slapos] pidfile_software (the run lock)")
+    add_slapgrid_common(parser, no_effect=(("--maximum-periodicity", "--maximum_periodicity"),
+                                           ("--promise-timeout", "--promise_timeout"),
+                                           ("--partition-timeout", "--partition_timeout")))
 
 
 def run(args: argparse.Namespace) -> int:
