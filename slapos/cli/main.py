@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "slapos.cli.node_instance",
     "slapos.cli.node_report",
     "slapos.cli.node_boot",
+    "slapos.cli.node_collect",
     "slapos.cli.client",
     "slapos.cli.console",
     "slapos.cli.configure",

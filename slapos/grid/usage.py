@@ -134,6 +134,14 @@ class ProcessTable:
             self._measured[pid] = proc
         return self._measured[pid]
 
+    def name(self, pid: int) -> str:
+        """The process's name ("" when it ended meanwhile)."""
+        p = self._handles.get(pid)
+        try:
+            return p.name() if p is not None else ""
+        except (self._psutil.Error, OSError):
+            return ""
+
     def descendants(self, pids: Iterable[int]) -> set[int]:
         found: set[int] = set()
         stack = [pid for pid in pids if pid]
