@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "slapos.cli.node_report",
     "slapos.cli.node_boot",
     "slapos.cli.node_collect",
+    "slapos.cli.node_prune",
     "slapos.cli.client",
     "slapos.cli.console",
     "slapos.cli.configure",
