@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "slapos.cli.node_collect",
     "slapos.cli.node_prune",
     "slapos.cli.client",
+    "slapos.cli.service",
     "slapos.cli.console",
     "slapos.cli.configure",
     "slapos.cli.complete",
