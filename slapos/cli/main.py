@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "slapos.cli.node_prune",
     "slapos.cli.client",
     "slapos.cli.service",
+    "slapos.cli.cachelookup",
     "slapos.cli.console",
     "slapos.cli.configure",
     "slapos.cli.complete",
