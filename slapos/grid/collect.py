@@ -28,7 +28,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slapos.base import tenantfs
 from slapos.base.errors import SlapOSError
 
 from . import usage
@@ -107,13 +106,7 @@ class CollectResult:
 def _sample_partitions(refs: list[usage.PartitionRef], disk_due: set[str]) -> list[PartitionSample]:
     table = usage.ProcessTable()
     uids = usage.exclusive_uids(refs)
-    roots = set()
-    for ref in refs:
-        try:
-            st = os.stat(ref.path, follow_symlinks=False)
-            roots.add((st.st_dev, st.st_ino))
-        except OSError:
-            pass
+    roots = usage.partition_roots(refs) if disk_due else set()
     samples = []
     for ref in refs:
         try:
@@ -126,8 +119,7 @@ def _sample_partitions(refs: list[usage.PartitionRef], disk_due: set[str]) -> li
                 processes=[(p.pid, table.name(p.pid), p.cpu, p.rss) for p in procs],
             )
             if ref.partition_id in disk_due:
-                own = os.stat(ref.path, follow_symlinks=False)
-                sample.disk_bytes = tenantfs.space_used(ref.path, skip=roots - {(own.st_dev, own.st_ino)})
+                sample.disk_bytes = usage.disk_used(ref, roots)
         except Exception as e:  # one broken partition must not hide the others
             log.error("%s: collect failed: %s", ref.partition_id, e)
             continue

@@ -4,17 +4,14 @@ proxy (no usage error: exit 5, "unrecognized", "invalid choice", "ambiguous").""
 from __future__ import annotations
 
 import os
-import pwd
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 
 from slapos.cli import cron
-from tests.conftest import make_traversable
 
-from .conftest import REPO, client_env, slapos_argv
+from .conftest import REPO, client_env, slapos_argv, throwaway_user
 
 COMMANDS = [
     ("node", "collect"), ("node", "prune"), ("node", "software"), ("node", "instance"), ("node", "report"),
@@ -170,14 +167,8 @@ def test_system_cron_file_is_merged_idempotently(tmp_path):
 def test_install_cron_in_a_users_crontab(tmp_path):
     if os.geteuid() != 0 or not Path("/usr/bin/crontab").exists():
         pytest.skip("needs root (a throw-away user) and the crontab command (apt-get install cron)")
-    name = "tops" + uuid.uuid4().hex[:6]
-    subprocess.run(["useradd", "-r", "-M", "-d", "/nonexistent", "-s", "/bin/sh", "-U", name], check=True)
-    account = pwd.getpwnam(name)
-    home = tmp_path / "home"
-    home.mkdir()
-    os.chown(home, account.pw_uid, account.pw_gid)
-    make_traversable(home)
-    try:
+    with throwaway_user(tmp_path) as (account, home):
+        name = account.pw_name
         subprocess.run(["crontab", "-u", name, "-"], input="0 3 * * * /usr/local/bin/mine\n", text=True, check=True)
 
         def configure() -> subprocess.CompletedProcess:
@@ -194,7 +185,3 @@ def test_install_cron_in_a_users_crontab(tmp_path):
         table = subprocess.run(["crontab", "-u", name, "-l"], capture_output=True, text=True, check=True).stdout
         assert table.count(cron.BEGIN) == 1 and "0 3 * * * /usr/local/bin/mine" in table
         assert "node instance --now" in table and "node collect" in table
-    finally:
-        subprocess.run(["crontab", "-u", name, "-r"], capture_output=True)
-        subprocess.run(["userdel", name], check=False)
-        subprocess.run(["groupdel", name], check=False, capture_output=True)

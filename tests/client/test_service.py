@@ -8,7 +8,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import uuid
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from slapos.proxy import ownership
 from tests.conftest import make_traversable
 
-from .conftest import QuietHandler, client_env, serve_http, slapos_argv, write_client_config
+from .conftest import QuietHandler, client_env, serve_http, slapos_argv, throwaway_user, write_client_config
 
 SR = "http://sr.example/service.cfg"
 
@@ -76,20 +75,8 @@ def test_tokens_are_single_use_and_expire(tmp_path):
 def second_user(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root to create a second user")
-    name = "tops" + uuid.uuid4().hex[:6]
-    subprocess.run(["useradd", "-r", "-M", "-d", "/nonexistent", "-s", "/bin/sh", "-U", name], check=True)
-    import pwd
-
-    account = pwd.getpwnam(name)
-    home = tmp_path / "other-home"
-    home.mkdir()
-    os.chown(home, account.pw_uid, account.pw_gid)
-    make_traversable(home)
-    try:
+    with throwaway_user(tmp_path) as (account, home):
         yield account, home
-    finally:
-        subprocess.run(["userdel", name], check=False)
-        subprocess.run(["groupdel", name], check=False, capture_output=True)
 
 
 def test_a_second_user_sees_nothing_of_the_first(client, second_user, tmp_path):
