@@ -44,13 +44,20 @@ SCHEMA = (
         time REAL NOT NULL, partition TEXT NOT NULL, cpu_seconds REAL NOT NULL, cpu_percent REAL,
         memory_bytes INTEGER NOT NULL, process_count INTEGER NOT NULL, disk_bytes INTEGER,
         disk_time REAL)""",
-    "CREATE INDEX IF NOT EXISTS sample_partition_time ON sample (partition, time)",
+    # covering: the report's period query reads the index only
+    "CREATE INDEX IF NOT EXISTS sample_period ON sample (partition, time, memory_bytes, process_count)",
+    "CREATE INDEX IF NOT EXISTS sample_time ON sample (time)",
     """CREATE TABLE IF NOT EXISTS process (
         time REAL NOT NULL, partition TEXT NOT NULL, pid INTEGER NOT NULL, name TEXT,
         cpu_seconds REAL NOT NULL, memory_bytes INTEGER NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS process_time ON process (time)",
     """CREATE TABLE IF NOT EXISTS computer (
         time REAL NOT NULL, cpu_percent REAL, memory_used INTEGER, memory_total INTEGER, load1 REAL)""",
+    "CREATE INDEX IF NOT EXISTS computer_time ON computer (time)",
+    # the last sample and the last disk measure of each partition: a run reads this, not the history
+    """CREATE TABLE IF NOT EXISTS latest (
+        partition TEXT PRIMARY KEY, time REAL NOT NULL, cpu_seconds REAL NOT NULL, disk_bytes INTEGER,
+        disk_time REAL)""",
 )
 
 
@@ -144,13 +151,8 @@ def collect(settings, refs: list[usage.PartitionRef], now: float | None = None,
     path = database_path(settings)
     conn = open_database(path)
     try:
-        previous = {
-            row[0]: (row[1], row[2], row[3])
-            for row in conn.execute(
-                """SELECT partition, time, cpu_seconds, (SELECT max(disk_time) FROM sample d
-                   WHERE d.partition = s.partition) FROM sample s
-                   WHERE time = (SELECT max(time) FROM sample m WHERE m.partition = s.partition)""")
-        }
+        previous = {row[0]: (row[1], row[2], row[3])
+                    for row in conn.execute("SELECT partition, time, cpu_seconds, disk_time FROM latest")}
         disk_due = {ref.partition_id for ref in refs
                     if previous.get(ref.partition_id, (0, 0, None))[2] is None
                     or now - previous[ref.partition_id][2] >= DISK_INTERVAL}
@@ -168,6 +170,13 @@ def collect(settings, refs: list[usage.PartitionRef], now: float | None = None,
                 "INSERT INTO process VALUES (?, ?, ?, ?, ?, ?)",
                 [(now, s.partition_id, pid, name, cpu, rss) for s in samples for pid, name, cpu, rss in s.processes])
             conn.execute("INSERT INTO computer VALUES (?, ?, ?, ?, ?)", _computer_row(now))
+            conn.executemany(
+                """INSERT INTO latest VALUES (?, ?, ?, ?, ?) ON CONFLICT (partition) DO UPDATE SET
+                   time = excluded.time, cpu_seconds = excluded.cpu_seconds,
+                   disk_bytes = coalesce(excluded.disk_bytes, latest.disk_bytes),
+                   disk_time = coalesce(excluded.disk_time, latest.disk_time)""",
+                [(s.partition_id, now, s.cpu_seconds, s.disk_bytes, now if s.disk_bytes is not None else None)
+                 for s in samples])
             pruned = prune(conn, now - keep_days * 86400)
     except sqlite3.Error as e:
         raise CollectError(f"cannot write the collect database {path}: {e}") from None
@@ -181,9 +190,12 @@ def prune(conn: sqlite3.Connection, before: float, max_rows: int = MAX_ROWS) -> 
     removed = 0
     for table in ("sample", "process", "computer"):
         removed += conn.execute(f"DELETE FROM {table} WHERE time < ?", (before,)).rowcount  # noqa: S608
-        removed += conn.execute(
-            f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} "  # noqa: S608 - fixed names
-            "ORDER BY time DESC LIMIT -1 OFFSET ?)", (max_rows,)).rowcount
+        # rowids only grow, so their span bounds the row count: O(1), the cap check costs nothing
+        low, high = conn.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()  # noqa: S608
+        if low is not None and high - low + 1 > max_rows:
+            removed += conn.execute(
+                f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} "  # noqa: S608 - fixed names
+                "ORDER BY time DESC LIMIT -1 OFFSET ?)", (max_rows,)).rowcount
     return removed
 
 
@@ -212,8 +224,7 @@ def period_summary(settings, since: float | None, until: float,
         for partition in wanted:
             row = conn.execute(
                 """SELECT count(*), avg(memory_bytes), max(process_count),
-                   (SELECT disk_bytes FROM sample WHERE partition = ? AND disk_bytes IS NOT NULL
-                    ORDER BY time DESC LIMIT 1)
+                   (SELECT disk_bytes FROM latest WHERE partition = ?)
                    FROM sample WHERE partition = ? AND time > ? AND time <= ?""",
                 (partition, partition, since or 0.0, until)).fetchone()
             if row and row[0]:
