@@ -34,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
 
     _config, settings = node_settings(args)
     settings.check_root()
+    if not settings.instance_root.is_dir():
+        from slapos.base.errors import ConfigError
+
+        raise ConfigError(f"instance_root {settings.instance_root} does not exist: run slapos node format first")
     pids = supervised_pids(Supervisor(settings))
     refs = [usage.PartitionRef(pid, settings.instance_root / pid, pids.get(pid, []))
             for pid in partition_ids(settings)]

@@ -214,20 +214,30 @@ def remove(candidate: Candidate) -> None:
 
 
 def master_view(settings: NodeSettings) -> tuple[list[str], list[str]]:
-    """(release URLs the master supplies or assigns here, partition ids it knows) — one GET."""
+    """(release URLs the master supplies or assigns here, partition ids it knows) — one GET.
+    Without the master's answer nothing can be pruned safely: exit 3."""
+    from slapos.base.errors import EXIT_OFFLINE
+    from slapos.slap.exceptions import ConnectionError as SlapConnectionError
+
     connection = settings.connect()
     try:
-        computer = connection.registerComputer(settings.computer_id)
-        urls = [sr.getURI() for sr in computer.getSoftwareReleaseList() if sr.getState() != "destroyed"]
-        partitions = computer.getComputerPartitionList()
-        ids = []
-        for cp in partitions:
-            ids.append(cp.getId())
-            software = cp.getSoftwareRelease()
-            if software is not None and software.getURI():
-                urls.append(software.getURI())
+        return _master_view(settings, connection)
+    except SlapConnectionError as e:
+        raise PruneError(f"the master could not be asked what is still supplied ({e}): nothing pruned",
+                         exit_code=EXIT_OFFLINE) from None
     finally:
         connection.close()
+
+
+def _master_view(settings: NodeSettings, connection) -> tuple[list[str], list[str]]:
+    computer = connection.registerComputer(settings.computer_id)
+    urls = [sr.getURI() for sr in computer.getSoftwareReleaseList() if sr.getState() != "destroyed"]
+    ids = []
+    for cp in computer.getComputerPartitionList():
+        ids.append(cp.getId())
+        software = cp.getSoftwareRelease()
+        if software is not None and software.getURI():
+            urls.append(software.getURI())
     return urls, ids
 
 

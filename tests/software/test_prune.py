@@ -146,3 +146,11 @@ def test_software_garbage_collect(pruned_node):
     assert "removed 3 directories" in done.stdout, done.stderr
     assert not (node.software_root / md5(OLD)).exists()
     assert (node.software_root / md5(USED)).is_dir()
+
+
+def test_an_unreachable_master_prunes_nothing(pruned_node):
+    node, _shared = pruned_node
+    node.proxy.stop()
+    done = slapos("node", "prune", "--cfg", str(node.config_path))
+    assert done.returncode == 3 and "nothing pruned" in done.stderr
+    assert (node.software_root / md5(OLD)).is_dir()
