@@ -154,3 +154,25 @@ def test_an_unreachable_master_prunes_nothing(pruned_node):
     done = slapos("node", "prune", "--cfg", str(node.config_path))
     assert done.returncode == 3 and "nothing pruned" in done.stderr
     assert (node.software_root / md5(OLD)).is_dir()
+
+
+def test_links_planted_by_a_build_are_never_followed(pruned_node, tmp_path):
+    """A build (which owns software_root and the shared root) plants links where releases and
+    shared parts live: they are no candidates, and a parent swapped for a link stops removal."""
+    from slapos.grid import prune
+
+    node, shared = pruned_node
+    victim = tmp_path / "victim-tree"
+    put(victim / "important", "keep")
+    (node.software_root / ("f" * 32)).symlink_to(victim)
+    (shared / "planted").symlink_to(victim)
+    dry = slapos("node", "prune", "--cfg", str(node.config_path), "--dry-run", "--format", "json")
+    paths = {e["path"] for e in json.loads(dry.stdout)["would_remove"]}
+    assert paths == {str(node.software_root / md5(OLD)), str(shared / "oldlib" / ("c" * 32)),
+                     str(shared / "olddep" / ("d" * 32))}
+    # the parent of a candidate replaced by a link between plan and removal
+    put(victim / "h" / "x")
+    candidate = prune.Candidate("shared part", shared / "planted" / "h", shared / "planted", "h", "h")
+    with pytest.raises(prune.PruneError, match="not a real directory"):
+        prune.remove(candidate)
+    assert (victim / "h" / "x").exists() and (victim / "important").read_text() == "keep"
