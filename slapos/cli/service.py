@@ -45,6 +45,13 @@ def _reference(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("reference", metavar="NAME" if what == "instance" else "ID", help=f"the {what}")
 
 
+def _info_arguments(parser: argparse.ArgumentParser) -> None:
+    _reference(parser, "instance")
+    parser.add_argument("--news", action="store_true",
+                        help="add the instance's status (accepted for compatibility: always 'unsupported' here, "
+                             "as the reference shows for a master without monitoring news)")
+
+
 def run_service_list(args: argparse.Namespace) -> int:
     from slapos.client import output
 
@@ -71,6 +78,8 @@ def run_service_info(args: argparse.Namespace) -> int:
         "instance-parameters": hateoas.instance_parameters(doc.get("text_content")),
         "connection-parameters": hateoas.connection_parameters(doc.get("connection_parameter_list")),
     }
+    if args.news:  # the reference's monitoring news: a SlapOS master's, which our proxy does not keep
+        info["status"] = "unsupported"
     if args.format == "json":
         output.dump_json(info)
         return 0
@@ -133,7 +142,7 @@ COMMANDS = [
     Command(path=("service", "info"), help="show one of your instances as the master knows it",
             description="Software release, type, state, parameters and connection parameters of an "
                         "instance, from the master; exit 2 if there is no such instance of yours. " + _REST,
-            run=run_service_info, arguments=lambda p: _reference(p, "instance")),
+            run=run_service_info, arguments=_info_arguments),
     Command(path=("computer", "list"), help="list your computers", description="Your computers. " + _REST,
             run=run_computer_list, arguments=_common),
     Command(path=("computer", "info"), help="show one of your computers",

@@ -39,6 +39,8 @@ def test_service_and_computer_commands_against_the_proxy(client):
     info = json.loads(ok(client.run("service", "info", "mine", "--format", "json")).stdout)
     assert info == {"software-url": SR, "software-type": "default", "shared": False, "requested-state": "started",
                     "instance-parameters": {"size": "3"}, "connection-parameters": {"url": "http://x/"}}
+    news = json.loads(ok(client.run("service", "info", "mine", "--news", "--format", "json")).stdout)
+    assert news["status"] == "unsupported"
     missing = client.run("service", "info", "nothere")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
