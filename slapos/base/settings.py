@@ -52,12 +52,19 @@ class NodeSettings:
             return config.get_path(s, f"pidfile_{kind}", None) or default_pid or Path(default)
 
         timeout_key = "partition_timeout" if config.has(s, "partition_timeout") else "partition-timeout"
+
+        def required(key: str, path: bool = False):
+            # a command-line value stands in for a key the configuration lacks
+            if overrides.get(key) is not None:
+                return overrides[key]
+            return config.get_path(s, key) if path else config.get(s, key)
+
         settings = cls(
             config=config,
-            computer_id=config.get(s, "computer_id"),
-            master_url=config.get(s, "master_url"),
-            software_root=config.get_path(s, "software_root"),
-            instance_root=config.get_path(s, "instance_root"),
+            computer_id=required("computer_id"),
+            master_url=required("master_url"),
+            software_root=required("software_root", path=True),
+            instance_root=required("instance_root", path=True),
             key_file=config.get_path(s, "key_file", None),
             cert_file=config.get_path(s, "cert_file", None),
             master_ca_file=config.get_path(s, "master_ca_file", None),

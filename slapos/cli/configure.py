@@ -44,6 +44,22 @@ def local_arguments(parser: argparse.ArgumentParser) -> None:
         "--slapos-buildout-directory", "--slapos_buildout_directory", dest="slapos_buildout_directory",
         metavar="DIR", help=f"state: pid files, proxy database (default: {DEFAULT_BUILDOUT_DIRECTORY}, or ROOT/var)",
     )
+    parser.add_argument(
+        "--slapos-instance-root", "--slapos_instance_root", dest="slapos_instance_root", metavar="DIR",
+        help="where the partitions go (default: /srv/slapgrid, or ROOT/instance)",
+    )
+    parser.add_argument(
+        "--slapos-software-root", "--slapos_software_root", dest="slapos_software_root", metavar="DIR",
+        help="where the software releases go (default: /opt/slapgrid, or ROOT/software)",
+    )
+    parser.add_argument(
+        "--install-cron", "--install_cron", dest="install_cron", action="store_true",
+        help="install the periodic runs: /etc/cron.d/slapos-node as root, your crontab otherwise "
+             "(idempotent; other lines are kept)",
+    )
+    parser.add_argument("--enable-shacache-proxy", "--enable_shacache_proxy", dest="_ignored_shacache",
+                        action="store_true",
+                        help="accepted for compatibility, no effect: the local proxy always serves a binary cache")
     parser.add_argument("--computer-id", default="local_computer", help="computer reference (default: local_computer)")
     parser.add_argument("--partition-number", type=int, default=10, metavar="N", help="partitions (default: 10)")
     parser.add_argument("--interface-name", default="lo", help="interface of the partition addresses (default: lo)")
@@ -124,7 +140,13 @@ def run_local(args: argparse.Namespace) -> int:
                 log.warning("supervisord did not start (exit %d): run `slapos node supervisord --cfg %s`", code, cfg)
         else:
             steps.append(f"slapos node supervisord --cfg {cfg}")
-    print_summary(layout, config, client_note, env_line, steps)
+    print_summary(layout, config, client_note, env_line, steps, cron_installed=args.install_cron)
+    if args.install_cron:
+        from . import cron
+        from .standalone import crontab_lines
+
+        where = cron.install(crontab_lines(cfg, layout.log_dir))
+        print(f"\nperiodic runs installed in {where}")
     return 0
 
 

@@ -29,9 +29,9 @@ def console_arguments(parser: argparse.ArgumentParser) -> None:
         "-u", "--master-url", "--master_url", dest="master_url", metavar="URL",
         help="master to use instead of master_url of the configuration",
     )
-    parser.add_argument("--key-file", "--key_file", dest="key_file", metavar="FILE",
+    parser.add_argument("-k", "--key-file", "--key_file", dest="key_file", metavar="FILE",
                         help="your user key (default: [slapconsole] key_file)")
-    parser.add_argument("--cert-file", "--cert_file", dest="cert_file", metavar="FILE",
+    parser.add_argument("-c", "--cert-file", "--cert_file", dest="cert_file", metavar="FILE",
                         help="your user certificate (default: [slapconsole] cert_file)")
     shell = parser.add_mutually_exclusive_group()
     shell.add_argument("-i", "--ipython", dest="shell", action="store_const", const="ipython", help="use IPython")

@@ -37,11 +37,8 @@ class Legacy:
     positional_cfg: bool = True
 
 
-_SLAPGRID_OBSOLETE = {
-    "-c": False, "--console": False,
-    "--supervisord-socket": True, "--supervisord_socket": True,
-    "--supervisord-configuration-path": True, "--supervisord_configuration_path": True,
-}
+# --supervisord-socket, --buildout, ... are passed through: the commands accept them (no effect)
+_SLAPGRID_OBSOLETE = {"-c": False, "--console": False}
 _SLAPGRID_RENAMES = {"--develop": "--force", "--all": "--force", "--only": "--only-sr"}
 
 LEGACY = {
@@ -53,7 +50,7 @@ LEGACY = {
     "slapformat": Legacy("slapformat", ("node", "format"), {"-l": "--log-file"}, {"-c": False, "--console": False}),
     "slapproxy": Legacy("slapproxy", ("proxy", "start"), {"-l": "--log-file"}),
     "slapconsole": Legacy(
-        "slapconsole", ("console",), {"-k": "--key-file", "-c": "--cert-file"}, positional_cfg=False
+        "slapconsole", ("console",), {}, positional_cfg=False
     ),
     "bang": Legacy("bang", ("node", "bang"), {}, {"-c": False, "--console": False}),
 }

@@ -19,10 +19,15 @@ COMMAND_MODULES = (
     "slapos.cli.node_instance",
     "slapos.cli.node_report",
     "slapos.cli.node_boot",
+    "slapos.cli.node_collect",
+    "slapos.cli.node_prune",
     "slapos.cli.client",
+    "slapos.cli.service",
+    "slapos.cli.cachelookup",
     "slapos.cli.console",
     "slapos.cli.configure",
     "slapos.cli.complete",
+    "slapos.cli.help",
 )
 
 log = logging.getLogger("slapos")
@@ -67,6 +72,10 @@ def _common_options() -> argparse.ArgumentParser:
         "--log-file", "--logfile", "--log_file", dest="log_file", metavar="FILE", default=sup,
         help="also write a detailed log to FILE",
     )
+    common.add_argument("--log-time", "--log_time", dest="log_time", action="store_true", default=sup,
+                        help="start every console line with the time")
+    common.add_argument("--log-color", "--log_color", dest="log_color", action="store_true", default=sup,
+                        help="show warnings and errors in colour on the console")
     return common
 
 
@@ -164,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     args.extra = extra
     debug = getattr(args, "debug", False)
     verbosity = getattr(args, "verbose", 0) - getattr(args, "quiet", 0)
-    setup_logging(verbosity, getattr(args, "log_file", None), debug)
+    setup_logging(verbosity, getattr(args, "log_file", None), debug,
+                  time=getattr(args, "log_time", False), color=getattr(args, "log_color", False))
     args.debug = debug
     try:
         code = command.run(args)

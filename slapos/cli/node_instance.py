@@ -8,6 +8,7 @@ from .command import (
     add_cfg_argument,
     add_format_argument,
     add_node_options,
+    add_slapgrid_common,
     comma_list,
     node_settings,
 )
@@ -54,6 +55,13 @@ def instance_arguments(parser: argparse.ArgumentParser) -> None:
                              "default 86400; 0 = every run; negative = never)")
     parser.add_argument("--partition-timeout", "--partition_timeout", dest="partition_timeout", type=float,
                         metavar="SECONDS", help="kill an instance buildout running longer ([slapos] partition_timeout)")
+    add_slapgrid_common(parser)
+
+
+def promise_arguments(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    add_slapgrid_common(parser, no_effect=(("--maximum-periodicity", "--maximum_periodicity"),
+                                           ("--partition-timeout", "--partition_timeout")))
 
 
 def run_instance(args: argparse.Namespace) -> int:
@@ -183,7 +191,7 @@ COMMANDS = [
     Command(path=("node", "promise"), help="run the promises of the started partitions (no report; exit 0 or 2)",
             description="Run every promise of the started partitions now and show the results. Nothing is "
                         "reported to the master. Exit 0 when all pass, 2 when one fails.",
-            run=run_promise, arguments=_common),
+            run=run_promise, arguments=promise_arguments),
     Command(path=("node", "supervisord"), help="start the node's supervisord (unless it runs)",
             run=run_supervisord, arguments=supervisord_arguments),
     Command(path=("node", "supervisorctl"), help="supervisorctl on the node's supervisord (arguments passed on)",

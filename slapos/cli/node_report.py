@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .command import Command, add_node_options, node_settings
+from .command import Command, add_node_options, add_slapgrid_common, node_settings
 
 log = logging.getLogger("slapos.report")
 
@@ -23,17 +23,8 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="SECONDS",
                         help="time limit of an instance's sbin/destroy hook (default: [slapos] partition_timeout, "
                              "else 600)")
-    compat = parser.add_argument_group("accepted for compatibility with other slapgrid commands (no effect here)")
-    for option in (
-        ("--maximum-periodicity", "--maximum_periodicity"),
-        ("--promise-timeout", "--promise_timeout"),
-        ("--buildout",),
-        ("--supervisord-socket", "--supervisord_socket"),
-        ("--supervisord-configuration-path", "--supervisord_configuration_path"),
-        ("--signature-private-key-file", "--signature_private_key_file"),
-    ):
-        compat.add_argument(*option, dest="_ignored_" + option[0].lstrip("-").replace("-", "_"),
-                            metavar="VALUE", help=argparse.SUPPRESS)
+    add_slapgrid_common(parser, no_effect=(("--maximum-periodicity", "--maximum_periodicity"),
+                                           ("--promise-timeout", "--promise_timeout")))
 
 
 def _settings(args: argparse.Namespace):

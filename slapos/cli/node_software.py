@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .command import Command, add_node_options, comma_list, node_settings
+from .command import Command, add_node_options, add_slapgrid_common, comma_list, node_settings
 
 DESCRIPTION = """\
 Ask the master which software releases this computer must hold, then build each missing one
@@ -21,6 +21,9 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--develop", "--force", "--all", dest="develop", action="store_true",
                         help="rebuild even releases marked complete, and let buildout look for newer versions "
                              "(--force and --all are aliases)")
+    parser.add_argument("--garbage-collect", "--garbage_collect", dest="garbage_collect", action="store_true",
+                        help="afterwards remove the releases and shared parts nothing uses any more "
+                             "(as `slapos node prune`)")
     parser.add_argument("--buildout-debug", "--buildout_debug", dest="buildout_debug", action="store_true",
                         help="run buildout with -D, its output on the terminal (one build at a time)")
     parser.add_argument("-j", "--jobs", type=int, metavar="N",
@@ -31,6 +34,9 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--buildout-timeout", "--buildout_timeout", dest="buildout_timeout", type=float,
                         metavar="SECONDS", help="kill a build running longer ([slapos] buildout_timeout; default none)")
     parser.add_argument("--pidfile", metavar="FILE", help="override [slapos] pidfile_software (the run lock)")
+    add_slapgrid_common(parser, no_effect=(("--maximum-periodicity", "--maximum_periodicity"),
+                                           ("--promise-timeout", "--promise_timeout"),
+                                           ("--partition-timeout", "--partition_timeout")))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +58,15 @@ def run(args: argparse.Namespace) -> int:
         now=args.now,
         maximal_delay=settings.maximal_delay,
     )
-    return run_software(settings, options)
+    code = run_software(settings, options)
+    if args.garbage_collect:
+        from slapos.grid.prune import prune
+        from slapos.grid.status import partition_ids
+
+        from .node_prune import show
+
+        show(prune(settings, local_partitions=partition_ids(settings)), False, "table")
+    return code
 
 
 COMMANDS = [

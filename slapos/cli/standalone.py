@@ -187,16 +187,18 @@ class Layout:
             partition_number=args.partition_number,
             ipv4_local_network=args.ipv4_local_network,
         )
+        software = _path(getattr(args, "slapos_software_root", None))
+        instance = _path(getattr(args, "slapos_instance_root", None))
         if standalone:
             root = Path(os.path.expanduser(args.root or DEFAULT_STANDALONE_ROOT)).resolve()
             config_dir = _path(args.slapos_configuration_directory) or root / "etc"
             state = _path(args.slapos_buildout_directory) or root / "var"
-            return cls(True, config_dir / "slapos.cfg", root / "software", root / "instance",
+            return cls(True, config_dir / "slapos.cfg", software or root / "software", instance or root / "instance",
                        state, root / "log", **common)
         config_dir = _path(args.slapos_configuration_directory) or Path(DEFAULT_CONFIGURATION_DIRECTORY)
         state = _path(args.slapos_buildout_directory) or Path(DEFAULT_BUILDOUT_DIRECTORY)
-        return cls(False, config_dir / "slapos.cfg", Path("/opt/slapgrid"), Path("/srv/slapgrid"),
-                   state, state / "log", **common)
+        return cls(False, config_dir / "slapos.cfg", software or Path("/opt/slapgrid"),
+                   instance or Path("/srv/slapgrid"), state, state / "log", **common)
 
 
 def _path(value: str | None) -> Path | None:
@@ -298,7 +300,8 @@ def give_to(owner: str, layout: Layout) -> None:
     log.info("software and partition directories given to %s:%s", owner, group)
 
 
-def print_summary(layout: Layout, config, client_note: str, env_line: str, steps: list[str]) -> None:
+def print_summary(layout: Layout, config, client_note: str, env_line: str, steps: list[str],
+                  cron_installed: bool = False) -> None:
     cfg = layout.config_path
     out = sys.stdout
     out.write(f"Standalone node '{layout.computer_id}' configured ({'standalone' if layout.standalone else 'system'} layout)\n")
@@ -318,7 +321,9 @@ def print_summary(layout: Layout, config, client_note: str, env_line: str, steps
     out.write("  slapos node software --now            # build it\n")
     out.write("  slapos request NAME SOFTWARE_URL      # ask for an instance\n")
     out.write("  slapos node instance --now            # deploy it; slapos info NAME shows it\n")
-    out.write("\nPeriodic runs (add them with `crontab -e`):\n")
+    if cron_installed:
+        return
+    out.write("\nPeriodic runs (add them with `crontab -e`, or rerun with --install-cron):\n")
     for line in crontab_lines(cfg, layout.log_dir):
         out.write(f"  {line}\n")
 
@@ -335,6 +340,7 @@ def crontab_lines(cfg: Path, log_dir: Path) -> list[str]:
         f"SLAPOS_CONFIGURATION={cfg}",
         f"* * * * *     {slapos} node software --now >> {log_dir}/slapos-node-software.log 2>&1",
         f"* * * * *     {slapos} node instance --now >> {log_dir}/slapos-node-instance.log 2>&1",
+        f"* * * * *     {slapos} node collect >> {log_dir}/slapos-node-collect.log 2>&1",
         f"*/10 * * * *  {slapos} node report --now >> {log_dir}/slapos-node-report.log 2>&1",
         f"0 * * * *     {slapos} node format >> {log_dir}/slapos-node-format.log 2>&1",
         f"@reboot       {slapos} node boot >> {log_dir}/slapos-node-boot.log 2>&1",

@@ -203,7 +203,11 @@ def read_input_definition(path: Path, partition_amount: int) -> InputDefinition:
                 "add the section or lower partition_amount"
             )
         s = parser[section]
-        missing = [key for key in ("pathname", "user", "network_interface", "address") if not s.get(key, "").strip()]
+        missing = [key for key in ("pathname", "user", "address") if not s.get(key, "").strip()]
+        # `network_interface =` (empty) is a partition without a tap, as the reference's standalone
+        # node writes it; only a missing key is an error
+        if "network_interface" not in s:
+            missing.insert(2, "network_interface")
         if missing:
             raise ConfigError(f"{path} [{section}] lacks {', '.join(missing)}")
         rng = s.get("ipv6_range", "").strip()

@@ -31,6 +31,7 @@ from .model import Address, Computer, Interface, IPv6Range, Partition, Tap, User
 from .options import FormatOptions
 from .system import (
     Action,
+    ConfigAccess,
     Directory,
     Executor,
     IPAddress,
@@ -210,7 +211,7 @@ class Formatter:
             user=self._user(given.user, path, computer),
             address_list=list(given.address_list),
             ipv6_range=given.ipv6_range,
-            tap=Tap(given.network_interface),
+            tap=Tap(given.network_interface) if given.network_interface else None,  # empty: no tap
             capability_list=given.capability_list,
         )
         self._add_tap_addresses(partition, given.index)
@@ -367,6 +368,9 @@ class Formatter:
                              user=computer.software_user if o.alter_user else None).plan(self.users)
         if o.certificate_repository_path:
             actions += Directory(subject, o.certificate_repository_path, 0o700).plan(self.users)
+        if o.alter_user and o.config_path is not None:
+            group = self._software_group(computer.software_user)
+            actions += ConfigAccess(subject, Path(o.config_path), group).plan(self.users)
         if o.alter_network and computer.partition_has_ipv6_range:
             actions += Sysctl(subject, "net.ipv6.ip_nonlocal_bind", "1").plan()
         bridge = self.interface_name if o.alter_network and self.net.is_bridge(self.interface_name) else None

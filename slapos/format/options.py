@@ -36,7 +36,7 @@ class FormatOptions:
     partition_has_ipv6_range: bool = True
     alter_user: bool = True
     alter_network: bool = True
-    create_tap: bool = False
+    create_tap: bool = True  # documented default of the reference: taps unless turned off
     tap_ipv6: bool = True
     tap_gateway_interface: str = ""
     software_user: str = "slapsoft"
@@ -56,6 +56,9 @@ class FormatOptions:
     ipv6_dad: bool = True
     dad_timeout: float = 5.0
     public_ipv4_address: str | None = None
+    # the configuration file read: its directory is made readable by the software group (see
+    # system.ConfigAccess)
+    config_path: Path | None = None
     # filled by resolve_privileges(): why the run is unprivileged, for the log
     unprivileged_reason: str = ""
 
@@ -118,7 +121,7 @@ class FormatOptions:
             partition_has_ipv6_range=boolean("partition_has_ipv6_range", True),
             alter_user=boolean("alter_user", True),
             alter_network=boolean("alter_network", True),
-            create_tap=boolean("create_tap", False),
+            create_tap=boolean("create_tap", True),
             tap_ipv6=boolean("tap_ipv6", True),
             tap_gateway_interface=text("tap_gateway_interface", "") or "",
             software_user=text("software_user", "slapsoft"),
@@ -135,6 +138,7 @@ class FormatOptions:
             random_delay=integer("random_delay", DEFAULT_RANDOM_DELAY),
             ipv6_dad=boolean("ipv6_dad", True),
             public_ipv4_address=text("public_ipv4_address"),
+            config_path=config.path,
         )
         explicit = {key for key in ("alter_user", "alter_network") if raw(key) is not None}
         for key, value in overrides.items():

@@ -15,6 +15,7 @@ import logging
 import os
 import pwd
 import socket
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -442,6 +443,51 @@ class Directory:
         os.chmod(self.path, self.mode)  # exact mode, whatever the umask
 
 
+@dataclass
+class ConfigAccess:
+    """The configuration directory and file readable by `group` (the software group every
+    partition user and the software user belong to): `slapos` commands run by them read it.
+
+    Only the group is widened, never "others"; a directory or file others can already read is
+    left alone (e.g. /etc), and so is every other file of the directory (keys stay 0600)."""
+
+    subject: str
+    config: Path
+    group: str
+
+    def plan(self, users: UserDatabase) -> list[Action]:
+        actions: list[Action] = []
+        for path, bits in ((self.config.parent, 0o050), (self.config, 0o040)):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(st.st_mode) or st.st_mode & (bits >> 3) == bits >> 3:
+                continue  # a link is not ours to change; others already read it
+            entry = users.group(self.group)
+            if entry is not None and st.st_gid == entry.gr_gid and st.st_mode & bits == bits:
+                continue
+            actions.append(Action(
+                self.subject, f"let group {self.group} read {path}",
+                func=lambda path=path, bits=bits: self._apply(path, bits), needs_root=True,
+            ))
+        return actions
+
+    def _apply(self, path: Path, bits: int) -> None:
+        gid = grp.getgrnam(self.group).gr_gid  # looked up now: an earlier action may have created it
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            st = os.fstat(fd)
+            if st.st_gid not in (0, gid):
+                # a group the operator chose is theirs: never replaced
+                log.info("%s: %s belongs to group %d, left as it is", self.subject, path, st.st_gid)
+                return
+            os.fchown(fd, -1, gid)
+            os.fchmod(fd, (st.st_mode & 0o7777) | bits)
+        finally:
+            os.close(fd)
+
+
 def _rmdir_quiet(path: Path) -> None:
     """Undo of a directory creation: only an empty directory goes."""
     try:
@@ -529,8 +575,9 @@ class SystemUser:
         group = users.group(self.name)
         wrong_gid = group is None or account.pw_gid != group.gr_gid
         missing = [g for g in self.groups if not users.is_member(self.name, g)]
-        if account.pw_dir != self.home or account.pw_shell != self.shell or wrong_gid or missing:
-            argv = ["usermod", "-d", self.home, "-g", self.name, "-s", self.shell]
+        # the shell is only given to new users: one an operator set by hand is theirs to keep
+        if account.pw_dir != self.home or wrong_gid or missing:
+            argv = ["usermod", "-d", self.home, "-g", self.name]
             if extra:
                 argv += ["-aG", extra]
             actions.append(Action(

@@ -99,8 +99,9 @@ class CacheConfig:
     timeout: float = 60.0
 
     @classmethod
-    def from_options(cls, options: Mapping[str, str]) -> CacheConfig | None:
-        """None when no binary cache is configured at all (the common, cheap case)."""
+    def from_options(cls, options: Mapping[str, str], lookup: bool = False) -> CacheConfig | None:
+        """None when no binary cache is configured at all (the common, cheap case); with
+        `lookup` (for `slapos cachelookup`), a configuration whatever is set."""
         o = {k.replace("_", "-"): v for k, v in options.items()}
         config = cls(
             download_cache_url=_opt(o, "download-binary-cache-url"),
@@ -115,7 +116,7 @@ class CacheConfig:
             shacache_tls=(_opt(o, "shacache-ca-file"), _opt(o, "shacache-cert-file"), _opt(o, "shacache-key-file")),
             shadir_tls=(_opt(o, "shadir-ca-file"), _opt(o, "shadir-cert-file"), _opt(o, "shadir-key-file")),
         )
-        if not (config.download_dir_url or config.upload_dir_url):
+        if not (config.download_dir_url or config.upload_dir_url) and not lookup:
             return None
         certificates = _opt(o, "signature-certificate-list")
         if certificates:
@@ -432,10 +433,11 @@ class BinaryCache:
         raise AssertionError("unreachable")  # pragma: no cover - http.redirect() stops the loop
 
     # lookup -------------------------------------------------------------------------------
-    def lookup(self, url: str, key: str) -> Entry | None:
-        """The newest trusted entry built for this node, or None. Entries whose signature does
-        not verify are skipped with a warning."""
-        dir_url = f"{self.config.download_dir_url.rstrip('/')}/{key}"
+    def directory(self, key: str, dir_url: str | None = None) -> list | None:
+        """The raw entries stored under `key` (bounded, must be a JSON list); None when none (404).
+        `dir_url`: another directory than the binary one (the generic cache of `cachelookup url`)."""
+        base = dir_url or self.config.download_dir_url
+        dir_url = f"{base.rstrip('/')}/{key}"
         response = self._request("GET", dir_url, self.config.shadir_tls, stream=True)
         with response:
             if response.status_code == 404:
@@ -451,6 +453,36 @@ class BinaryCache:
             raise CacheRefused(f"binary cache directory {dir_url} answered something that is not JSON") from None
         if not isinstance(entries, list):
             raise CacheRefused(f"binary cache directory {dir_url} did not answer a list")
+        return entries
+
+    def inspect(self, key: str, dir_url: str | None = None) -> list[tuple[dict[str, Any], bool]] | None:
+        """Every well-formed entry under `key` as (metadata, signature verified), newest first;
+        None when the cache has nothing for it (`slapos cachelookup`)."""
+        entries = self.directory(key, dir_url)
+        if entries is None:
+            return None
+        found = []
+        for item in reversed(entries):
+            if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+                continue
+            try:
+                metadata = json.loads(item[0])
+            except ValueError:
+                continue
+            if isinstance(metadata, dict):
+                found.append((metadata, self._trusted(item) is not None))
+        return found
+
+    def compatible(self, metadata: dict[str, Any], url: str) -> bool:
+        """Whether an archive described by `metadata` is usable for `url` on this node."""
+        return self._compatible(Entry(metadata), url)
+
+    def lookup(self, url: str, key: str) -> Entry | None:
+        """The newest trusted entry built for this node, or None. Entries whose signature does
+        not verify are skipped with a warning."""
+        entries = self.directory(key)
+        if entries is None:
+            return None
         refused = 0
         for item in reversed(entries):  # the last published first
             entry = self._trusted(item)

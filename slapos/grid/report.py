@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from slapos.base.errors import EXIT_FAILED, EXIT_OK, SlapOSError
 
-from . import destroy, usage
+from . import collect, destroy, usage
 from .partition import Partition, PartitionError, check_is_partition
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -120,19 +120,7 @@ class ReportRun:
     # -- usage -------------------------------------------------------------------------------
 
     def supervised_pids(self) -> dict[str, list[int]]:
-        sv = self.supervisor()
-        if not sv.is_running():
-            return {}
-        try:
-            infos = sv.all_processes()
-        except SlapOSError as e:
-            log.warning("usage: cannot ask supervisord for the partitions' processes: %s", e)
-            return {}
-        pids: dict[str, list[int]] = {}
-        for info in infos:
-            if info.get("pid"):
-                pids.setdefault(info.get("group", ""), []).append(int(info["pid"]))
-        return pids
+        return supervised_pids(self.supervisor())
 
     def report_usage(self, computer, used: list[tuple[object, Partition]], result: ReportResult) -> None:
         root = Path(self.settings.instance_root)
@@ -159,9 +147,14 @@ class ReportRun:
             report_files += files
         ledger = usage.CpuLedger(root / LEDGER)
         usages = usage.measure(refs, ledger)
+        stop = self.clock()
+        # `node collect` samples every minute: the master gets the mean memory of the period
+        collected = collect.period_summary(self.settings, ledger.last_report, stop, [u.partition_id for u in usages])
         for measured in usages:
             measured.extra = extra.get(measured.partition_id, [])
-        stop = self.clock()
+            summary = collected.get(measured.partition_id)
+            if summary is not None:
+                measured.memory_bytes = round(summary.mean_memory_bytes)
         start = ledger.last_report or min((u.since for u in usages if u.since), default=stop)
         document = usage.build_journal(self.settings.computer_id, start, stop, usages)
         result.journal = document
@@ -182,6 +175,23 @@ class ReportRun:
         ledger.save(stop)
         usage.remove_sent(report_files)
         log.info("usage of %d partition(s) sent to the master", len(usages))
+
+
+def supervised_pids(sv) -> dict[str, list[int]]:
+    """supervisord group (partition id) → pids of its running programs; {} when it is not running
+    (report and collect never start it)."""
+    if not sv.is_running():
+        return {}
+    try:
+        infos = sv.all_processes()
+    except SlapOSError as e:
+        log.warning("usage: cannot ask supervisord for the partitions' processes: %s", e)
+        return {}
+    pids: dict[str, list[int]] = {}
+    for info in infos:
+        if info.get("pid"):
+            pids.setdefault(info.get("group", ""), []).append(int(info["pid"]))
+    return pids
 
 
 def run_report_scripts(settings: NodeSettings, partition: Partition) -> str | None:

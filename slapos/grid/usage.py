@@ -134,6 +134,14 @@ class ProcessTable:
             self._measured[pid] = proc
         return self._measured[pid]
 
+    def name(self, pid: int) -> str:
+        """The process's name ("" when it ended meanwhile)."""
+        p = self._handles.get(pid)
+        try:
+            return p.name() if p is not None else ""
+        except (self._psutil.Error, OSError):
+            return ""
+
     def descendants(self, pids: Iterable[int]) -> set[int]:
         found: set[int] = set()
         stack = [pid for pid in pids if pid]
@@ -224,6 +232,24 @@ def exclusive_uids(partitions: Iterable[PartitionRef]) -> dict[str, int | None]:
     return {ref.partition_id: dedicated_uid(ref.path) for ref in partitions}
 
 
+def partition_roots(partitions: Iterable[PartitionRef]) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of every partition directory (see disk_used)."""
+    roots = set()
+    for ref in partitions:
+        try:
+            st = os.stat(ref.path, follow_symlinks=False)
+            roots.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+    return roots
+
+
+def disk_used(ref: PartitionRef, roots: set[tuple[int, int]]) -> int:
+    """Disk used below the partition, not counting another partition (`roots`) reachable from it."""
+    own = os.stat(ref.path, follow_symlinks=False)
+    return tenantfs.space_used(ref.path, skip=roots - {(own.st_dev, own.st_ino)})
+
+
 def measure(
     partitions: list[PartitionRef],
     ledger: CpuLedger,
@@ -232,24 +258,16 @@ def measure(
     """Measure every partition; a failure in one is logged and does not stop the others."""
     table = table or ProcessTable()
     uids = exclusive_uids(partitions)
-    roots = set()
-    for ref in partitions:
-        try:
-            st = os.stat(ref.path, follow_symlinks=False)
-            roots.add((st.st_dev, st.st_ino))
-        except OSError:
-            pass
+    roots = partition_roots(partitions)
     usages = []
     for ref in partitions:
         try:
             procs = table.select(uids.get(ref.partition_id), ref.supervisor_pids)
-            own = os.stat(ref.path, follow_symlinks=False)
-            other_roots = roots - {(own.st_dev, own.st_ino)}
             usage = PartitionUsage(
                 ref.partition_id,
                 cpu_seconds=ledger.consumed(procs),
                 memory_bytes=sum(p.rss for p in procs),
-                disk_bytes=tenantfs.space_used(ref.path, skip=other_roots),
+                disk_bytes=disk_used(ref, roots),
                 process_count=len(procs),
                 since=min((p.create_time for p in procs), default=None),
             )

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 
 from slapos.slap import wire
 
-from . import allocation, computers, documents
+from . import allocation, computers, documents, identity, ownership
 from .cache import CacheServer
 from .config import ProxyConfig
 from .db import Database
@@ -37,7 +37,6 @@ EMPTY_STRING = b"<marshal><string></string></marshal>"
 
 # Endpoints of the SLAP protocol this proxy does not serve, as the reference (404, §2.1–2.2).
 NOT_SERVED = {
-    "getHateoasUrl": "this proxy has no HATEOAS (REST) API",
     "getComputerStatus": "computer status is not kept by this proxy",
     "generateComputerCertificate": "this proxy issues no certificates",
     "revokeComputerCertificate": "this proxy issues no certificates",
@@ -205,6 +204,12 @@ class ProxyApp:
         self.mounts: list[tuple[str, Callable]] = []
         # binary cache for nodes (slapos node software); answers 503 until configured
         self.mount("/shacache", CacheServer(*(config.shacache_directories or (None, None))))
+        # read-only user API (service/computer commands), answering for the caller's own records
+        with self.db.write(documents=False) as conn:
+            ownership.ensure_tables(conn)
+        from .hateoas import HateoasApp
+
+        self.mount("/hateoas", HateoasApp(self.db))
         get, post = "GET", "POST"
         self.routes: dict[str, tuple[str, Callable[[Request], Response]]] = {
             # computer (node) side
@@ -232,6 +237,8 @@ class ProxyApp:
             "softwareInstanceRename": (post, self.instance_rename),
             # proxy only
             "getRunId": (get, lambda req: text(self.run_id)),
+            "getHateoasUrl": (get, self.hateoas_url),
+            "hateoas": (get, lambda req: Response(b"", "308 Permanent Redirect", headers=(("Location", "/hateoas/"),))),
             "": (get, self.index),
         }
 
@@ -337,6 +344,11 @@ class ProxyApp:
             "point [slapos] master_url here and see `slapos proxy show`"
         )
 
+    def hateoas_url(self, req: Request) -> Response:
+        env = req.environ
+        host = env.get("HTTP_HOST") or f"{env.get('SERVER_NAME', 'localhost')}:{env.get('SERVER_PORT', '')}"
+        return text(f"{env.get('wsgi.url_scheme', 'http')}://{host}/hateoas/")
+
     def get_full_computer_information(self, req: Request) -> Response:
         computer_id = req.reference("computer_id")
 
@@ -350,7 +362,9 @@ class ProxyApp:
     def load_computer_configuration(self, req: Request) -> Response:
         computer = req.marshalled("xml", required=True)
         with self.db.write() as conn:
-            return text(computers.load_configuration(conn, computer))
+            answer = computers.load_configuration(conn, computer)
+            ownership.record(conn, "computer", computer["reference"], identity.caller(req.environ))
+            return text(answer)
 
     def supply(self, req: Request) -> Response:
         url, computer_id, state = req.reference("url"), req.reference("computer_id"), req.field("state")
@@ -426,7 +440,10 @@ class ProxyApp:
         request = allocation.InstanceRequest(
             software_release, software_type, title, parameters, filter_kw, state, self.config.computer_id
         )
+        owner = None if header else identity.caller(req.environ)  # a person's request: who they are
         with self.db.write() as conn:
+            if owner:
+                ownership.record(conn, "instance", title, owner)
             requester = allocation.identify(conn, *header) if header else allocation.Requester()
             if shared:
                 slave, host = allocation.request_shared(conn, requester, request)

@@ -34,7 +34,7 @@ CHUNK = 1 << 20
 MAX_ENTRY = 64 * 1024  # one signed entry (metadata + signature) is well under 4 KiB
 MAX_ENTRIES = 256  # per key: older entries are dropped first
 _SHA512 = re.compile(r"^[0-9a-f]{128}$")
-_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,199}$")
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+=-]{0,199}$")  # "=": pypi:NAME=VERSION keys
 
 
 def cache_directories(section: Mapping[str, str]) -> tuple[Path, Path] | None:
@@ -159,7 +159,7 @@ class CacheServer:
     def _directory(self, environ, start_response, method: str, key: str):
         assert self.metadata is not None and self.content is not None
         if not _KEY.match(key):
-            raise HTTPError("400 Bad Request", "directory key must be 1-200 characters of A-Z a-z 0-9 . _ : + -")
+            raise HTTPError("400 Bad Request", "directory key must be 1-200 characters of A-Z a-z 0-9 . _ : + = -")
         path = self.metadata / f"{key}.json"
         if method in ("GET", "HEAD"):
             try:

@@ -271,17 +271,17 @@ class Database:
         if version == SCHEMA_VERSION:
             return done
         if version == 0:
-            reference_tables = {t for t in tables if t.endswith(REFERENCE_SUFFIX)}
+            suffix = reference_suffix(tables)
             ours = tables & {"computer", "partition", "software", "slave", "partition_network"}
             if ours:
                 raise DatabaseError(
                     f"{self.path} has proxy tables but no schema version: it was not made by this proxy"
                 )
-            if "partition" + REFERENCE_SUFFIX in reference_tables:
-                backup = self.backup(f"reference{REFERENCE_SUFFIX}")
+            if suffix is not None:
+                backup = self.backup(f"reference{suffix}")
                 with self._schema_transaction():
                     self._create(conn)
-                    counts = import_reference(conn)
+                    counts = import_reference(conn, suffix)
                 done.append(f"imported reference database ({counts}); backup {backup}")
                 log.info("database %s: %s", self.path, done[-1])
                 return done
@@ -341,6 +341,20 @@ class Database:
 
 
 # -- reference import ----------------------------------------------------------------------------
+def reference_suffix(tables: set[str]) -> str | None:
+    """The version suffix of a reference slapproxy database (`partition18`, or `partition11`.. of
+    older releases that already kept connection parameters as `connection_xml`), or None."""
+    found = [int(t[len("partition"):]) for t in tables
+             if t.startswith("partition") and t[len("partition"):].isdigit()]
+    found = [n for n in found if 11 <= n <= int(REFERENCE_SUFFIX)]
+    return str(max(found)) if found else None
+
+
+class _Row(dict):
+    def __missing__(self, key: str) -> None:
+        return None
+
+
 def import_reference(conn: sqlite3.Connection, suffix: str = REFERENCE_SUFFIX) -> str:
     """Copy the rows of a reference slapproxy database (tables `<name>18`) into our tables.
 
@@ -354,10 +368,12 @@ def import_reference(conn: sqlite3.Connection, suffix: str = REFERENCE_SUFFIX) -
     s = suffix
     tables = _tables(conn)
 
-    def rows(name: str) -> list[sqlite3.Row]:
+    def rows(name: str) -> list[dict]:
         if name + s not in tables:
             return []
-        return conn.execute(f"SELECT * FROM {name}{s}").fetchall()  # noqa: S608 - fixed names
+        # older releases lack some columns: every row answers None for them
+        result = conn.execute(f"SELECT * FROM {name}{s}").fetchall()  # noqa: S608 - fixed names
+        return [_Row(zip(row.keys(), tuple(row), strict=True)) for row in result]
 
     def instance_xml(text: str | None) -> str | None:
         if not text:

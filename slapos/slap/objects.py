@@ -356,21 +356,30 @@ class ComputerPartition(_SlapObject):
         self._ensure_ready()
         return self._computer_id
 
-    def getInstanceGuid(self) -> str | None:
+    def getInstanceGuid(self) -> str:
+        """The instance's guid; ResourceNotReady while the master has not given one."""
         self._sync()
-        return getattr(self, "_instance_guid", None)
+        guid = getattr(self, "_instance_guid", None)
+        if guid is None:
+            raise ResourceNotReady(f"the master has not given partition {self._partition_id} an instance guid yet")
+        return guid
 
     def getRequestedState(self) -> str | None:
         self._sync()
         return getattr(self, "_requested_state", None)
 
-    def getState(self) -> str | None:
-        """Requested state; a shared instance has none of its own: ask its hosting partition."""
+    def getState(self) -> str:
+        """Requested state; a shared instance has none of its own: ask its hosting partition.
+        ResourceNotReady while the master has not said (as the seed release documents)."""
         if self._shared:
             self._ensure_ready()
             host = _register_partition(self._conn(), *self._identity())
-            return getattr(host, "_requested_state", None)
-        return self.getRequestedState()
+            state = getattr(host, "_requested_state", None)
+        else:
+            state = self.getRequestedState()
+        if state is None:
+            raise ResourceNotReady(f"the master has not given partition {self._partition_id} a requested state yet")
+        return state
 
     def getType(self) -> str | None:
         software_type = getattr(self, "slap_software_type", None)

@@ -125,3 +125,27 @@ def serve_http(handler: type[BaseHTTPRequestHandler]):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def throwaway_user(parent: Path):
+    """As root: a system user `tops<random>` (prefix of the ops helper) with a home below `parent`;
+    its crontab, user and group are removed afterwards. Yields (passwd entry, home)."""
+    import pwd
+    import uuid
+
+    from tests.conftest import make_traversable
+
+    name = "tops" + uuid.uuid4().hex[:6]
+    subprocess.run(["useradd", "-r", "-M", "-d", "/nonexistent", "-s", "/bin/sh", "-U", name], check=True)
+    account = pwd.getpwnam(name)
+    home = parent / f"home-{name}"
+    home.mkdir()
+    os.chown(home, account.pw_uid, account.pw_gid)
+    make_traversable(home)
+    try:
+        yield account, home
+    finally:
+        subprocess.run(["crontab", "-u", name, "-r"], capture_output=True, check=False)
+        subprocess.run(["userdel", name], check=False)
+        subprocess.run(["groupdel", name], check=False, capture_output=True)

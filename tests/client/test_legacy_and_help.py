@@ -64,7 +64,11 @@ def _target(path):
         ("slapformat", ["--alter_user", "False", "--now", "-c", "slapos.cfg"],
          ["--cfg", "slapos.cfg", "--alter_user", "False", "--now"]),
         ("slapconsole", ["-u", "http://m/", "-k", "key.pem", "-c", "cert.pem", "client.cfg", "script.py"],
-         ["--cfg", "client.cfg", "-u", "http://m/", "--key-file", "key.pem", "--cert-file", "cert.pem", "script.py"]),
+         ["--cfg", "client.cfg", "-u", "http://m/", "-k", "key.pem", "-c", "cert.pem", "script.py"]),
+        ("slapgrid-cp", ["slapos.cfg", "--supervisord-socket", "/s.sock", "--buildout", "/b", "--key_file", "k",
+                         "--now", "--maximal_delay=5", "--only_cp", "slappart0"],
+         ["--cfg", "slapos.cfg", "--supervisord-socket", "/s.sock", "--buildout", "/b", "--key_file", "k",
+          "--now", "--maximal_delay=5", "--only_cp", "slappart0"]),
         ("slapconsole", ["script.py", "arg"], ["script.py", "arg"]),
     ],
 )
@@ -83,10 +87,13 @@ def test_translation_of_slapgrid_options():
     parser.add_argument("--only-sr")
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--now", action="store_true")
+    parser.add_argument("--supervisord-socket")
     argv = ["--software_root=/opt/slapgrid", "--only_sr", "abc", "--develop", "--supervisord-socket", "/x.sock",
             "-c", "--now", "/etc/opt/slapos/slapos.cfg"]
+    # passed through (the command accepts it, with no effect), no longer dropped
     assert translate(legacy, argv, parser) == [
-        "--cfg", "/etc/opt/slapos/slapos.cfg", "--software-root=/opt/slapgrid", "--only-sr", "abc", "--force", "--now",
+        "--cfg", "/etc/opt/slapos/slapos.cfg", "--software-root=/opt/slapgrid", "--only-sr", "abc", "--force",
+        "--supervisord-socket", "/x.sock", "--now",
     ]
     # an unknown option is kept, so the command reports it
     assert translate(legacy, ["--bogus"], parser) == ["--bogus"]

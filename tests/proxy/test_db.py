@@ -225,3 +225,34 @@ def test_newer_or_foreign_databases_are_refused(tmp_path):
         Database.open(garbage)
     with pytest.raises(DatabaseError, match="no proxy database"):
         Database.open(tmp_path / "missing.db", create=False)
+
+
+def test_older_reference_database_connection_xml_is_read(tmp_path):
+    """An older slapproxy (tables suffixed 11, fewer columns) keeps connection parameters as
+    `connection_xml` too: they are imported, missing columns read as empty."""
+    path = tmp_path / "proxy.db"
+    conn = sqlite3.connect(str(path))
+    conn.execute("CREATE TABLE computer11 (reference VARCHAR(255) PRIMARY KEY, address VARCHAR(255),"
+                 " netmask VARCHAR(255))")
+    conn.execute("CREATE TABLE software11 (url VARCHAR(255), computer_reference VARCHAR(255))")
+    conn.execute("CREATE TABLE partition11 (reference VARCHAR(255), computer_reference VARCHAR(255),"
+                 " slap_state VARCHAR(255), software_release VARCHAR(255), xml TEXT, connection_xml TEXT,"
+                 " slave_instance_list TEXT, software_type VARCHAR(255), partition_reference VARCHAR(255),"
+                 " requested_by VARCHAR(255), requested_state VARCHAR(255))")
+    conn.execute("INSERT INTO computer11 VALUES (?, '127.0.0.1', '255.255.255.255')", (COMPUTER,))
+    conn.execute("INSERT INTO software11 VALUES (?, ?)", (SR, COMPUTER))
+    conn.execute("INSERT INTO partition11 VALUES ('slappart0', ?, 'busy', ?, ?, ?, NULL, 'default', 'old',"
+                 " '', 'started')",
+                 (COMPUTER, SR, wire.dumps_instance_xml({"a": "1"}), wire.dumps_instance_xml({"url": "http://x/"})))
+    conn.commit()
+    conn.close()
+    live = start_live(tmp_path)
+    try:
+        (partition,) = [p for p in live.connect().registerComputer(COMPUTER).getComputerPartitionList()
+                        if p.getId() == "slappart0"]
+        assert partition.getConnectionParameterDict() == {"url": "http://x/"}
+        assert partition.getInstanceParameterDict()["a"] == "1"
+    finally:
+        live.http.close()
+        live.server.stop()
+    assert list(tmp_path.glob("proxy.db.backup-reference11-*"))

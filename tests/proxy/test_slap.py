@@ -311,7 +311,8 @@ def test_certificate_run_id_and_unserved_endpoints(node):
     assert connection.registerComputerPartition(COMPUTER, "slappart0").getCertificate() == {
         "certificate": "", "key": ""
     }
-    assert connection.getHateoasUrl() is None  # getHateoasUrl → 404, as the reference
+    # unlike the reference (404), the proxy serves a read-only HATEOAS API (service/computer commands)
+    assert connection.getHateoasUrl() == live.url + "hateoas/"
     status, run_id, _ = live.http.get("getRunId")
     assert status == 200 and len(run_id) == 32 and run_id.isalnum()
     with pytest.raises(NotFoundError):

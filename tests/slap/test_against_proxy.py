@@ -95,4 +95,4 @@ def test_proxy_errors_map_onto_the_hierarchy(proxy, formatted):
     slap, _ = formatted
     with pytest.raises(NotFoundError, match="getComputerStatus"):
         slap.registerComputer(proxy.computer_id).getStatus()
-    assert slap.getHateoasUrl() is None
+    assert slap.getHateoasUrl() == proxy.url + "hateoas/"  # the proxy serves a read-only REST API

@@ -389,3 +389,18 @@ def test_software_product_and_hateoas(master, connected):
     assert urls == wire.loads(capture(39).response)
     assert master.requests[0].query == {"software_product_reference": "demo"}
     assert connected.getHateoasUrl() is None  # the proxy does not serve it (404)
+
+
+def test_state_and_guid_not_given_yet_raise_not_ready(master, connected):
+    text = PARTITION0.decode() if isinstance(PARTITION0, bytes) else PARTITION0
+    text = text.replace("<string>_requested_state</string><string>started</string>",
+                        "<string>_requested_state</string><none/>")
+    text = text.replace("<string>_instance_guid</string><string>COMP-DEMO-slappart0</string>",
+                        "<string>_instance_guid</string><none/>")
+    master.answer("registerComputerPartition", text)
+    partition = connected.registerComputerPartition("COMP-DEMO", "slappart0")
+    with pytest.raises(ResourceNotReady, match="requested state"):
+        partition.getState()
+    with pytest.raises(ResourceNotReady, match="instance guid"):
+        partition.getInstanceGuid()
+    assert partition.getInstanceParameter("instance_title") == "myinstance"  # the rest still reads

@@ -39,6 +39,8 @@ import ipaddress
 import json
 import re
 
+from slapos.slap.exceptions import ResourceNotReady
+
 from .common import Recipe as _Base
 from .common import SlapConnection, slap_errors
 
@@ -116,7 +118,10 @@ class Recipe(_Base):
         partition = connection.partition(self)
         with slap_errors(self, f"reading the parameters of {connection.partition_id}"):
             raw = dict(partition.getInstanceParameterDict() or {})
-            instance_guid = partition.getInstanceGuid() or ""
+            try:
+                instance_guid = partition.getInstanceGuid()
+            except ResourceNotReady:  # a master (our proxy) that gives no guid: the key stays empty
+                instance_guid = ""
 
         user = {k: v for k, v in raw.items() if k not in SERVER_KEYS}
         try:
