@@ -217,9 +217,8 @@ def master_view(settings: NodeSettings) -> tuple[list[str], list[str]]:
     """(release URLs the master supplies or assigns here, partition ids it knows) — one GET.
     Without the master's answer nothing can be pruned safely: exit 3."""
     from slapos.base.errors import EXIT_OFFLINE
-    from slapos.slap.exceptions import ConnectionError as SlapConnectionError
-
     from slapos.slap import connect_as
+    from slapos.slap.exceptions import ConnectionError as SlapConnectionError
 
     connection = connect_as(settings)
     try:

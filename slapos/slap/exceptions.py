@@ -2,7 +2,7 @@
 
 Every failure of a call to the master is a `SlapException`; the subclass says what happened
 (the HTTP status or the network trouble) and the message names the URL and what to check.
-`SlapException` is a `SlapOSError`, so the `slapos` command prints it as one line.
+`SlapException` is a `SlapOSError`, so the `slapos` command prints it as one line::
 
     SlapException
       NotFoundError          404: unknown computer/partition/software release, or endpoint not served
