@@ -43,6 +43,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import c
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any
 
+    from .transport import Transport
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 60.0  # slapos.base.http.DEFAULT_TIMEOUT (the module is imported on the first call)
@@ -124,7 +126,7 @@ class Connection:
         self._parse_target()
         self._transport = None
         self._lock = threading.Lock()
-        self._elsewhere: dict[tuple[str, str, int], object] = {}  # transports of redirect targets
+        self._elsewhere: dict[tuple[str, str, int], "Transport"] = {}  # transports of redirect targets
         self._moved_logged = False
 
     def _parse_target(self) -> None:

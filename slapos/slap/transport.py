@@ -191,7 +191,7 @@ class Transport:
         if conn.sock is None:
             try:
                 conn.connect()
-                conn.sock.settimeout(self.timeout)
+                conn.sock.settimeout(self.timeout)  # type: ignore[attr-defined]  # set by connect()
             except TimeoutError as e:
                 raise TransportError("timeout", e, sent=False) from None
             except ssl.SSLError as e:
