@@ -126,7 +126,7 @@ class Connection:
         self._parse_target()
         self._transport = None
         self._lock = threading.Lock()
-        self._elsewhere: dict[tuple[str, str, int], "Transport"] = {}  # transports of redirect targets
+        self._elsewhere: dict[tuple[str, str, int], Transport] = {}  # transports of redirect targets
         self._moved_logged = False
 
     def _parse_target(self) -> None:
