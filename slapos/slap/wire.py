@@ -41,6 +41,7 @@ __all__ = [
     "MAX_SIZE",
     "MAX_DEPTH",
     "MAX_ELEMENTS",
+    "MAX_EXPANDED",
     "Fragment",
     "encode_fragment",
 ]
@@ -55,6 +56,12 @@ ALLOWED_CLASSES = frozenset({"Computer", "ComputerPartition", "SoftwareRelease",
 MAX_SIZE = 64 * 1024 * 1024
 MAX_DEPTH = 64
 MAX_ELEMENTS = 2_000_000
+# Bound on the *expanded* size of a decoded document: every element counts 1 and every character
+# of text 1, and a `<reference>` counts the whole size of what it points to each time it is used.
+# Decoding shares the referenced value (cheap), but whoever walks it afterwards (JSON encoding,
+# `str()`, writing parameters to disk) pays the expansion: without this bound a 3 KB body of
+# nested references expands to gigabytes ("billion laughs" through aliases instead of entities).
+MAX_EXPANDED = MAX_SIZE
 
 # The namespaced variant of xml_marshaller (never used by SLAP, but harmless to accept).
 _MARSHAL_NS = "{http://www.erp5.org/namespaces/marshaller}"
@@ -498,13 +505,14 @@ _REFUSED = {
 
 
 class _Frame:
-    __slots__ = ("tag", "items", "ref", "klass")
+    __slots__ = ("tag", "items", "ref", "klass", "weight")
 
     def __init__(self, tag: str, ref: str | None = None, klass: str | None = None) -> None:
         self.tag = tag
         self.items: list = []
         self.ref = ref
         self.klass = klass
+        self.weight = 1  # expanded size of this container: itself, then what it holds
 
 
 def _finish(frame: _Frame, object_hook: Callable[[WireObject], Any] | None) -> Any:
@@ -541,12 +549,15 @@ def _finish(frame: _Frame, object_hook: Callable[[WireObject], Any] | None) -> A
 class _MarshalTarget:
     """lxml parser target turning parse events into Python values, with the safety checks."""
 
-    def __init__(self, object_hook, max_depth: int, max_elements: int) -> None:
+    def __init__(self, object_hook, max_depth: int, max_elements: int, max_expanded: int = MAX_EXPANDED) -> None:
         self.object_hook = object_hook
         self.max_depth = max_depth
         self.max_elements = max_elements
+        self.max_expanded = max_expanded
+        self.expanded = 0  # running expanded size of the whole document (see MAX_EXPANDED)
         self.stack: list[_Frame] = []
         self.memo: dict[str, Any] = {}
+        self.weights: dict[str, int] = {}  # id -> expanded size of that container
         # ids of containers opened but not finished: a reference to one of them is a cycle
         self.pending: set[str] = set()
         self.text: list[str] = []
@@ -610,6 +621,14 @@ class _MarshalTarget:
             where = f"<{self.stack[-1].tag}>" if self.stack else "the document"
             raise WireError(f"unexpected text {text[:40]!r} in {where}")
 
+    def _grow(self, weight: int) -> None:
+        self.expanded += weight
+        if self.expanded > self.max_expanded:
+            raise WireError(
+                f"document expands to more than {self.max_expanded} elements and characters "
+                "(<reference> aliases count each time they are used); refusing it"
+            )
+
     def end(self, tag: str) -> None:
         scalar = self.in_scalar
         if scalar is not None:
@@ -619,9 +638,14 @@ class _MarshalTarget:
                 value = text[0] if len(text) == 1 else "".join(text)
                 if "&" in value:
                     value = value.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+                weight = 1 + len(value)
             else:
                 value = _scalar(scalar, "".join(text))
-            self.stack[-1].items.append(value)
+                weight = 1
+            self._grow(weight)
+            parent = self.stack[-1]
+            parent.weight += weight
+            parent.items.append(value)
             return
         frame = self.stack.pop()
         ftag = frame.tag
@@ -631,6 +655,8 @@ class _MarshalTarget:
                 raise WireError("<reference> must be empty")
             if ref in self.memo:
                 value = self.memo[ref]
+                weight = self.weights[ref]
+                self._grow(weight)  # the alias costs what it points to, every time
             elif ref in self.pending:
                 raise WireError(f"<reference id={ref!r}> points to its own container (cyclic); refused")
             else:
@@ -642,10 +668,15 @@ class _MarshalTarget:
             return
         else:
             value = _finish(frame, self.object_hook)
+            weight = frame.weight
+            self._grow(1)  # the container itself; its content was counted as it came
             if frame.ref is not None:
                 self.pending.discard(frame.ref)
                 self.memo[frame.ref] = value
-        self.stack[-1].items.append(value)
+                self.weights[frame.ref] = weight
+        parent = self.stack[-1]
+        parent.weight += weight
+        parent.items.append(value)
 
     def close(self) -> list:
         return self.result
@@ -658,14 +689,17 @@ def loads(
     max_size: int = MAX_SIZE,
     max_depth: int = MAX_DEPTH,
     max_elements: int = MAX_ELEMENTS,
+    max_expanded: int = MAX_EXPANDED,
 ) -> Any:
     """Decode an xml_marshaller document safely.
 
     `<object>` elements become `WireObject`s (or `object_hook(wire_object)`); only the four SLAP
-    classes of module `slapos.slap.slap` are accepted. Anything malformed or hostile raises WireError.
+    classes of module `slapos.slap.slap` are accepted. Anything malformed or hostile raises WireError,
+    including a document whose expanded size (`<reference>` aliases counted at each use) exceeds
+    `max_expanded`.
     """
     raw = _prepare(data, max_size, "XML document")
-    result = _parse(raw, _MarshalTarget(object_hook, max_depth, max_elements))
+    result = _parse(raw, _MarshalTarget(object_hook, max_depth, max_elements, max_expanded))
     if not result:
         raise WireError("empty or truncated marshalled document")
     return result[0]
