@@ -17,6 +17,10 @@ class BadRequest(ProxyError):
     status, reason = 400, "Bad Request"
 
 
+class Forbidden(ProxyError):
+    status, reason = 403, "Forbidden"
+
+
 class NotFound(ProxyError):
     status, reason = 404, "Not Found"
 
