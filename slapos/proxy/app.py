@@ -125,12 +125,19 @@ class Request:
         value = self.field(name)
         if not value.strip():
             raise BadRequest(f"field '{name}' of {self.endpoint} is empty")
-        return value
+        return self._sendable(name, value)
 
     def optional(self, name: str) -> str | None:
         """An optional field; the text 'None' means None (the client sends None that way, §1.1)."""
         value = self.fields.get(name)
-        return None if value is None or value == "None" or value == "" else value
+        return None if value is None or value == "None" or value == "" else self._sendable(name, value)
+
+    def _sendable(self, name: str, value: str) -> str:
+        """Identifiers end up in documents: one XML cannot carry would break every later document
+        of the computer (a 500 for the node), so it is refused here."""
+        if not wire.xml_safe(value):
+            raise BadRequest(f"field '{name}' of {self.endpoint} holds a control character XML cannot carry")
+        return value
 
     def marshalled(self, name: str, default: Any = None, required: bool = False) -> Any:
         """The decoded value of a marshalled field. Callers must not modify it: small documents

@@ -42,6 +42,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_ELEMENTS",
     "MAX_EXPANDED",
+    "xml_safe",
     "Fragment",
     "encode_fragment",
 ]
@@ -68,6 +69,13 @@ _MARSHAL_NS = "{http://www.erp5.org/namespaces/marshaller}"
 # Characters XML 1.0 cannot carry at all, not even as character references.
 _INVALID_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _PROLOG_SPACE = re.compile(rb"[ \t\r\n]*")
+
+
+def xml_safe(text: str) -> bool:
+    """Whether `text` can travel in a SLAP document at all (XML 1.0 cannot carry most C0 controls
+    nor surrogates, even escaped): what is not must be refused where it comes in, not when a
+    document holding it is encoded later."""
+    return _INVALID_XML_CHARS.search(text) is None
 
 
 class WireError(SlapOSError, ValueError):
