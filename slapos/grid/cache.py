@@ -306,9 +306,10 @@ def _resolves_inside(staging: Path, final: str, parts: list[str]) -> bool:
     resolved = parts[:-1]  # where we are, as components below the top of the tree
     pending = target.split("/")  # what is left to walk (reversed below: popped from the end)
     if target.startswith("/"):
-        if not _inside(posixpath.normpath(target), final):
+        rest = _below(target, final)
+        if rest is None:
             return False
-        resolved, pending = [], posixpath.normpath(target)[len(final):].split("/")
+        resolved, pending = [], rest.split("/")
     pending.reverse()
     while pending:
         name = pending.pop()
@@ -329,12 +330,23 @@ def _resolves_inside(staging: Path, final: str, parts: list[str]) -> bool:
         resolved.pop()
         link = os.readlink(path)
         if link.startswith("/"):
-            if not _inside(posixpath.normpath(link), final):
+            rest = _below(link, final)
+            if rest is None:
                 return False
-            resolved = []
-            link = posixpath.normpath(link)[len(final):]
+            resolved, link = [], rest
         pending.extend(reversed(link.split("/")))
     return True
+
+
+def _below(target: str, final: str) -> str | None:
+    """The part of an absolute link target below `final`, still to be walked link by link (not
+    normalised: `final/x/..` is not `final` when x is a link), or None when it does not start
+    there literally (`/a/../final` is refused rather than guessed)."""
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    top = [p for p in final.split("/") if p]
+    if parts[: len(top)] != top:
+        return None
+    return "/".join(parts[len(top):])
 
 
 def safe_extract(archive: Path, top: str, staging: Path, final: Path) -> None:
