@@ -282,24 +282,30 @@ def bench_wrk(url: str, script: Path, duration: float, pid: int | None, label: s
     return eight / one
 
 
-def start_own_proxy(directory: Path, workers: int = 1, threads: int | None = None) -> tuple[str, subprocess.Popen]:
+def start_own_proxy(directory: Path, workers: int = 1, threads: int | None = None,
+                    access: str = "open") -> tuple[str, subprocess.Popen]:
+    import secrets
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = directory / "slapos.cfg"
+    # access = credentials: every call carries the node credential in its path (docs/security-proxy.md)
+    prefix = f"c/{secrets.token_urlsafe(32)}/" if access == "credentials" else ""
     config.write_text(
-        f"[slapos]\ncomputer_id = BENCH-10\n[slapproxy]\nhost = 127.0.0.1\nport = {port}\n"
-        f"database_uri = {directory / 'proxy.db'}\nworkers = {workers}\n"
+        f"[slapos]\ncomputer_id = BENCH-10\nmaster_url = http://127.0.0.1:{port}/{prefix}\n"
+        f"[slapproxy]\nhost = 127.0.0.1\nport = {port}\n"
+        f"database_uri = {directory / 'proxy.db'}\nworkers = {workers}\naccess = {access}\n"
         + (f"threads = {threads}\n" if threads else "")
     )
+    config.chmod(0o600)
     log = open(directory / "proxy.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "slapos.cli.main", "-q", "proxy", "start", "--cfg", str(config)],
         stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO),
     )
-    url = f"http://127.0.0.1:{port}/"
+    url = f"http://127.0.0.1:{port}/{prefix}"
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
@@ -323,6 +329,8 @@ def main() -> int:
         help="worker process counts of our proxy for the wrk runs (default 1,2; the other figures use the first)",
     )
     parser.add_argument("--threads", type=int, help="threads per worker of our proxy (default: the proxy's, 8)")
+    parser.add_argument("--access", choices=("open", "credentials"), default="open",
+                        help="[slapproxy] access of our proxy (credentials: the calls carry the node credential)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     worker_counts = [int(w) for w in args.workers.split(",") if w] or [1]
@@ -332,7 +340,7 @@ def main() -> int:
         if args.url:
             url = args.url if args.url.endswith("/") else args.url + "/"
         else:
-            url, process = start_own_proxy(Path(tmp), worker_counts[0], args.threads)
+            url, process = start_own_proxy(Path(tmp), worker_counts[0], args.threads, args.access)
         try:
             print(f"proxy: {url}{'' if args.url else f' (ours, started for this run, {worker_counts[0]} worker(s))'}")
             client = Client(url)
@@ -358,7 +366,7 @@ def main() -> int:
                 if index:  # the same database, served by another number of processes
                     process.terminate()
                     process.wait(30)
-                    url, process = start_own_proxy(Path(tmp), workers, args.threads)
+                    url, process = start_own_proxy(Path(tmp), workers, args.threads, args.access)
                     script = wrk_script(Path(tmp), url, bodies)
                 bench_wrk(url, script, duration, process.pid, f", {workers} worker(s)")
         finally:
