@@ -513,14 +513,14 @@ _REFUSED = {
 
 
 class _Frame:
-    __slots__ = ("tag", "items", "ref", "klass", "weight")
+    __slots__ = ("tag", "items", "ref", "klass", "start")
 
-    def __init__(self, tag: str, ref: str | None = None, klass: str | None = None) -> None:
+    def __init__(self, tag: str, ref: str | None = None, klass: str | None = None, start: int = 0) -> None:
         self.tag = tag
         self.items: list = []
         self.ref = ref
         self.klass = klass
-        self.weight = 1  # expanded size of this container: itself, then what it holds
+        self.start = start  # the expanded size of the document when this container opened
 
 
 def _finish(frame: _Frame, object_hook: Callable[[WireObject], Any] | None) -> Any:
@@ -562,7 +562,11 @@ class _MarshalTarget:
         self.max_depth = max_depth
         self.max_elements = max_elements
         self.max_expanded = max_expanded
-        self.expanded = 0  # running expanded size of the whole document (see MAX_EXPANDED)
+        # Expanded size of the document so far (see MAX_EXPANDED): +1 per element, +1 per character
+        # of text, + the size of the target at each <reference>. A container's own size is the
+        # growth between its start and its end, so one counter serves (cheap: no per-frame sums).
+        # Only a reference can make it outgrow the raw document, so only references check it.
+        self.expanded = 0
         self.stack: list[_Frame] = []
         self.memo: dict[str, Any] = {}
         self.weights: dict[str, int] = {}  # id -> expanded size of that container
@@ -614,7 +618,8 @@ class _MarshalTarget:
                 if ref in self.memo or ref in self.pending:
                     raise WireError(f"id {ref!r} is used twice in the document")
                 self.pending.add(ref)
-            stack.append(_Frame(tag, ref, klass))
+            self.expanded += 1
+            stack.append(_Frame(tag, ref, klass, self.expanded))
         elif tag == "reference":
             stack.append(_Frame(tag, attrib.get("id")))
         elif tag in _REFUSED:
@@ -629,14 +634,6 @@ class _MarshalTarget:
             where = f"<{self.stack[-1].tag}>" if self.stack else "the document"
             raise WireError(f"unexpected text {text[:40]!r} in {where}")
 
-    def _grow(self, weight: int) -> None:
-        self.expanded += weight
-        if self.expanded > self.max_expanded:
-            raise WireError(
-                f"document expands to more than {self.max_expanded} elements and characters "
-                "(<reference> aliases count each time they are used); refusing it"
-            )
-
     def end(self, tag: str) -> None:
         scalar = self.in_scalar
         if scalar is not None:
@@ -646,14 +643,11 @@ class _MarshalTarget:
                 value = text[0] if len(text) == 1 else "".join(text)
                 if "&" in value:
                     value = value.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-                weight = 1 + len(value)
+                self.expanded += 1 + len(value)
             else:
                 value = _scalar(scalar, "".join(text))
-                weight = 1
-            self._grow(weight)
-            parent = self.stack[-1]
-            parent.weight += weight
-            parent.items.append(value)
+                self.expanded += 1
+            self.stack[-1].items.append(value)
             return
         frame = self.stack.pop()
         ftag = frame.tag
@@ -663,8 +657,12 @@ class _MarshalTarget:
                 raise WireError("<reference> must be empty")
             if ref in self.memo:
                 value = self.memo[ref]
-                weight = self.weights[ref]
-                self._grow(weight)  # the alias costs what it points to, every time
+                self.expanded += self.weights[ref]  # the alias costs what it points to, every time
+                if self.expanded > self.max_expanded:
+                    raise WireError(
+                        f"document expands to more than {self.max_expanded} elements and characters "
+                        "(<reference> aliases count each time they are used); refusing it"
+                    )
             elif ref in self.pending:
                 raise WireError(f"<reference id={ref!r}> points to its own container (cyclic); refused")
             else:
@@ -676,15 +674,11 @@ class _MarshalTarget:
             return
         else:
             value = _finish(frame, self.object_hook)
-            weight = frame.weight
-            self._grow(1)  # the container itself; its content was counted as it came
             if frame.ref is not None:
                 self.pending.discard(frame.ref)
                 self.memo[frame.ref] = value
-                self.weights[frame.ref] = weight
-        parent = self.stack[-1]
-        parent.weight += weight
-        parent.items.append(value)
+                self.weights[frame.ref] = self.expanded - frame.start + 1
+        self.stack[-1].items.append(value)
 
     def close(self) -> list:
         return self.result
