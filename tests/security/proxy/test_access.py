@@ -173,3 +173,29 @@ def test_credentials_mode_refuses_a_world_readable_configuration_and_a_missing_n
     result = subprocess.run([sys.executable, "-m", "slapos.cli.main", "proxy", "start", "--cfg", str(config)],
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode != 0 and "chmod 600" in result.stderr
+
+
+def test_the_node_hands_each_partition_its_own_url_never_its_own():
+    from slapos.grid.instance import partition_master_url
+    from slapos.grid.partition import PartitionError
+    from slapos.proxy.access import new_credential, partition_url
+
+    node, mine = new_credential(), new_credential()
+    node_url = f"http://127.0.0.1:8080/c/{node}/"
+    assert partition_master_url(node_url, partition_url(mine)) == f"http://127.0.0.1:8080/c/{mine}/"
+    assert partition_master_url("https://slap.example/", None) == "https://slap.example/"  # any other master
+    with pytest.raises(PartitionError, match="refusing to hand it"):
+        partition_master_url(node_url, None)
+    for bad in ("../../evil/", "http://evil/c/" + mine + "/", "../" + mine + "/x", "./" + mine + "/"):
+        with pytest.raises(PartitionError, match="malformed"):
+            partition_master_url(node_url, bad)
+
+
+def test_the_watchdog_takes_a_url_with_a_credential_from_its_environment(monkeypatch):
+    from slapos.grid.watchdog import build_parser
+    from slapos.proxy.access import new_credential
+
+    url = f"http://127.0.0.1:8080/c/{new_credential()}/"
+    monkeypatch.setenv("SLAPOS_WATCHDOG_MASTER_URL", url)
+    args = build_parser().parse_args(["--computer-id", "C", "--instance-root", "/srv/slapgrid"])
+    assert args.master_url == url
