@@ -98,6 +98,8 @@ class ProxyConfig:
             raise ConfigError(f"[slapproxy] access = {config.access!r}: use {' or '.join(MODES)}")
         if config.access == CREDENTIALS_MODE:
             config.node_credential = _node_credential(cfg)
+        else:  # an open proxy still accepts the node's URL when it carries one (switching modes)
+            config.node_credential = url_credential(cfg.get("slapos", "master_url", ""))
         _warn_unsupported(cfg)
         return config
 
