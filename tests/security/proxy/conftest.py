@@ -15,50 +15,20 @@ import pwd
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from slapos.proxy.access import new_credential
-from tests.fixtures.proxy import REPO, RunningProxy, _answers, free_port, write_config
+from tests.fixtures.proxy import REPO, RunningProxy, start_proxy
 
 USER_PREFIX = "tsecnet"
 
 
 def credentials_proxy(directory: Path, computer_id: str = "local_computer", extra: dict | None = None) -> RunningProxy:
-    """`slapos proxy start` with access = credentials on a free loopback port."""
-    directory.mkdir(parents=True, exist_ok=True)
-    database = directory / "proxy.db"
-    config_path = directory / "slapos.cfg"
-    log_path = directory / "proxy.log"
-    credential = new_credential()
-    for _attempt in range(5):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}/c/{credential}/"
-        sections = {
-            "slapos": {"computer_id": computer_id, "master_url": url, "root_check": "false"},
-            "slapproxy": {"host": "127.0.0.1", "port": str(port), "database_uri": str(database),
-                          "access": "credentials", **(extra or {})},
-        }
-        write_config(config_path, sections)
-        os.chmod(config_path, 0o600)  # it holds the node credential: the proxy refuses it otherwise
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "slapos.cli.main", "proxy", "start", "--cfg", str(config_path)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(directory), env=env,
-            )
-        running = RunningProxy(url, database, computer_id, config_path, directory, port, process, log_path)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and process.poll() is None:
-            if _answers(port):
-                return running
-            time.sleep(0.05)
-        running.stop()
-        if "already in use" not in running.log():
-            break
-    raise RuntimeError(f"slapproxy did not start:\n{running.log()[-2000:]}")
+    """`slapos proxy start` with access = credentials on a free loopback port; its url carries
+    the node credential."""
+    return start_proxy(directory, computer_id, {"slapproxy": extra or {}}, credential=new_credential())
 
 
 @pytest.fixture
