@@ -111,7 +111,7 @@ def partition_master_url(node_url: str, relative: str | None) -> str:
     if relative is None:
         raise PartitionError(
             "the master gave no credential for this partition, and the node's own master_url carries the node "
-            "credential: refusing to hand it to the partition (is the proxy older than this node?)"
+            "credential: refusing to hand it to the partition (is the proxy older than this node, or not in access = credentials mode?)"
         )
     parts = relative.split("/")
     if len(parts) != 3 or parts[0] != ".." or parts[2] != "" or not CREDENTIAL_RE.match(parts[1]):
