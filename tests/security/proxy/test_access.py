@@ -102,6 +102,10 @@ def test_own_partition_and_own_tree_work_with_the_partition_url(cproxy, two_tree
     child = own.request(SR, "default", "beta")
     assert child.getId() not in (a, b)
     assert "password" not in child.getConnectionParameterDict()
+    # a parent reads its child's document, never the child's credential
+    sibling = tenant.registerComputerPartition(node.computer_id, child.getId())
+    assert getattr(sibling, "_slapnode_master_url", None) is None
+    assert getattr(own, "_slapnode_master_url", None) is None
     slap = cproxy.connect()
     beta = slap.registerComputerPartition(node.computer_id, b)
     assert beta.getConnectionParameterDict() == {"password": "beta-secret"}
