@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 from slapos.slap import wire
 
 from . import access, allocation, computers, documents
-from .access import OPEN, Identity, require_node, require_partition
+from .access import ANONYMOUS, OPEN, Identity, require_node, require_partition
 from .cache import CacheServer
 from .config import ProxyConfig
 from .db import Database
@@ -31,6 +31,7 @@ from .errors import (
     NotFound,
     PayloadTooLarge,
     ProxyError,
+    ServiceUnavailable,
     UnsupportedMediaType,
 )
 from .values import normalise_params
@@ -270,13 +271,15 @@ class ProxyApp:
     # -- WSGI ------------------------------------------------------------------------------------
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
+        refusal: ProxyError | None = None
         try:
             identity = self.access.resolve(environ)  # strips /c/<credential> from PATH_INFO
         except ProxyError as e:
-            identity, environ["PATH_INFO"] = None, "/"
-            refusal: ProxyError | None = e
-        else:
-            refusal = None
+            identity, environ["PATH_INFO"], refusal = ANONYMOUS, "/", e
+        except sqlite3.OperationalError as e:  # the credential look-up met a busy database
+            log.warning("%s: database busy while checking a credential: %s", method, e)
+            identity, environ["PATH_INFO"] = ANONYMOUS, "/"
+            refusal = ServiceUnavailable("database busy: retry later")
         path = environ.get("PATH_INFO") or "/"
         for prefix, app in self.mounts:
             if refusal is None and path.startswith(prefix):

@@ -43,3 +43,7 @@ class PayloadTooLarge(ProxyError):
 
 class UnsupportedMediaType(ProxyError):
     status, reason = 415, "Unsupported Media Type"
+
+
+class ServiceUnavailable(ProxyError):
+    status, reason = 503, "Service Unavailable"
