@@ -203,3 +203,25 @@ def test_the_watchdog_takes_a_url_with_a_credential_from_its_environment(monkeyp
     monkeypatch.setenv("SLAPOS_WATCHDOG_MASTER_URL", url)
     args = build_parser().parse_args(["--computer-id", "C", "--instance-root", "/srv/slapgrid"])
     assert args.master_url == url
+
+
+def test_busy_partitions_of_an_older_database_get_credentials_at_start(cproxy, two_trees):
+    """A database from before credentials (no credential on busy partitions): the next start issues them."""
+    import sqlite3
+
+    node, a, b, urls = two_trees
+    cproxy.stop()
+    conn = sqlite3.connect(cproxy.database)
+    with conn:
+        conn.execute("UPDATE partition SET credential = NULL, credential_hash = NULL")
+    conn.close()
+    from slapos.proxy.app import make_app
+    from slapos.proxy.config import ProxyConfig
+
+    app = make_app(ProxyConfig(database=cproxy.database, access="credentials",
+                               node_credential=url_credential(cproxy.url)))
+    app.close()
+    rows = sqlite3.connect(cproxy.database).execute(
+        "SELECT reference, credential FROM partition WHERE slap_state = 'busy'").fetchall()
+    assert {r[0] for r in rows} == {a, b} and all(r[1] for r in rows)
+    assert {r[1] for r in rows}.isdisjoint({url_credential(u) for u in urls.values()})
