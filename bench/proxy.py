@@ -281,24 +281,30 @@ def bench_wrk(url: str, script: Path, duration: float, pid: int | None, label: s
     return eight / one
 
 
-def start_own_proxy(directory: Path, threads: int | None = None) -> tuple[str, subprocess.Popen]:
+def start_own_proxy(directory: Path, threads: int | None = None,
+                    access: str = "open") -> tuple[str, subprocess.Popen]:
+    import secrets
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = directory / "slapos.cfg"
+    # access = credentials: every call carries the node credential in its path (docs/security-proxy.md)
+    prefix = f"c/{secrets.token_urlsafe(32)}/" if access == "credentials" else ""
     config.write_text(
-        f"[slapos]\ncomputer_id = BENCH-10\n[slapproxy]\nhost = 127.0.0.1\nport = {port}\n"
-        f"database_uri = {directory / 'proxy.db'}\n"
+        f"[slapos]\ncomputer_id = BENCH-10\nmaster_url = http://127.0.0.1:{port}/{prefix}\n"
+        f"[slapproxy]\nhost = 127.0.0.1\nport = {port}\n"
+        f"database_uri = {directory / 'proxy.db'}\naccess = {access}\n"
         + (f"threads = {threads}\n" if threads else "")
     )
+    config.chmod(0o600)
     log = open(directory / "proxy.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "slapos.cli.main", "-q", "proxy", "start", "--cfg", str(config)],
         stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO),
     )
-    url = f"http://127.0.0.1:{port}/"
+    url = f"http://127.0.0.1:{port}/{prefix}"
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
@@ -318,6 +324,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per concurrency run")
     parser.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
     parser.add_argument("--threads", type=int, help="threads of our proxy (default: the proxy's, 8)")
+    parser.add_argument("--access", choices=("open", "credentials"), default="open",
+                        help="[slapproxy] access of our proxy (credentials: the calls carry the node credential)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     run = f"r{int(time.time())}"  # fresh titles: the bench may be run twice against one proxy
@@ -326,7 +334,7 @@ def main() -> int:
         if args.url:
             url = args.url if args.url.endswith("/") else args.url + "/"
         else:
-            url, process = start_own_proxy(Path(tmp), args.threads)
+            url, process = start_own_proxy(Path(tmp), args.threads, args.access)
         try:
             print(f"proxy: {url}{'' if args.url else ' (ours, started for this run)'}")
             client = Client(url)

@@ -293,12 +293,70 @@ def _member_parts(name: str, top: str) -> list[str]:
     return parts[1:]
 
 
+MAX_LINK_HOPS = 40  # as the kernel: more links in one resolution is a loop
+
+
+def _resolves_inside(staging: Path, final: str, parts: list[str]) -> bool:
+    """Whether the link at `parts` (below the tree's top), once the tree is renamed to `final`,
+    resolves inside it, following every link of the tree on the way as the kernel will: a target
+    is judged by where it really lands, not by its spelling (`a -> x/..` where `x` is itself a
+    link to `..` lands outside, though `a/x/..` looks like `a`). A component that does not exist
+    stays a plain name; anything leaving the tree, or more than MAX_LINK_HOPS links, is refused."""
+    hops = 0
+    target = os.readlink(staging.joinpath(*parts))
+    resolved = parts[:-1]  # where we are, as components below the top of the tree
+    pending = target.split("/")  # what is left to walk (reversed below: popped from the end)
+    if target.startswith("/"):
+        rest = _below(target, final)
+        if rest is None:
+            return False
+        resolved, pending = [], rest.split("/")
+    pending.reverse()
+    while pending:
+        name = pending.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            if not resolved:
+                return False  # above the top of the tree
+            resolved.pop()
+            continue
+        resolved.append(name)
+        path = staging.joinpath(*resolved)
+        if not path.is_symlink():
+            continue
+        hops += 1
+        if hops > MAX_LINK_HOPS:
+            return False
+        resolved.pop()
+        link = os.readlink(path)
+        if link.startswith("/"):
+            rest = _below(link, final)
+            if rest is None:
+                return False
+            resolved, link = [], rest
+        pending.extend(reversed(link.split("/")))
+    return True
+
+
+def _below(target: str, final: str) -> str | None:
+    """The part of an absolute link target below `final`, still to be walked link by link (not
+    normalised: `final/x/..` is not `final` when x is a link), or None when it does not start
+    there literally (`/a/../final` is refused rather than guessed)."""
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    top = [p for p in final.split("/") if p]
+    if parts[: len(top)] != top:
+        return None
+    return "/".join(parts[len(top):])
+
+
 def safe_extract(archive: Path, top: str, staging: Path, final: Path) -> None:
     """Unpack `archive` (members `<top>/…`) into the empty directory `staging`, which will be
     renamed to `final`. Refuses (CacheRefused) anything that could write or point outside."""
     staging_real = os.path.realpath(staging)
     final_str = os.path.abspath(final)
     directories: list[tuple[Path, int]] = []
+    links: list[tuple[str, list[str]]] = []  # (member name, path): checked again once all exist
     try:
         tar = tarfile.open(archive, "r:gz")
     except (tarfile.TarError, OSError, EOFError) as e:
@@ -336,6 +394,7 @@ def safe_extract(archive: Path, top: str, staging: Path, final: Path) -> None:
                         raise CacheRefused(f"archive link {member.name!r} -> {link!r} escapes the software directory")
                     parent.mkdir(parents=True, exist_ok=True)
                     os.symlink(link, target)
+                    links.append((member.name, parts))
                 elif member.islnk():
                     source_parts = _member_parts(member.linkname, top)
                     source_path = staging.joinpath(*source_parts)
@@ -350,6 +409,11 @@ def safe_extract(archive: Path, top: str, staging: Path, final: Path) -> None:
             raise CacheRefused(f"archive is truncated or corrupt: {e}") from None
         except FileExistsError:
             raise CacheRefused("archive holds the same member twice") from None
+    # The check above reads each target as spelled; a chain of links (a link through a link, a
+    # `..` after a link, a link created later in the archive) is only known once all exist.
+    for name, parts in links:
+        if not _resolves_inside(staging, final_str, parts):
+            raise CacheRefused(f"archive link {name!r} escapes the software directory once its links are followed")
     for directory, mode in sorted(directories, key=lambda d: len(d[0].parts), reverse=True):
         os.chmod(directory, mode)
 

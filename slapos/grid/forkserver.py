@@ -101,7 +101,10 @@ def serve(fd: int) -> int:
     gc.freeze()  # what is loaded now stays shared with the children (no copy on write by the GC)
 
     children: dict[int, int] = {}  # pid -> request id
-    sock.send(json.dumps({"ready": os.getpid()}).encode())
+    try:
+        sock.send(json.dumps({"ready": os.getpid()}).encode())
+    except (BrokenPipeError, ConnectionResetError):
+        return 0  # the agent finished (or died) before we were ready: nothing to serve, nothing to say
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ, "sock")
     selector.register(wake_r, selectors.EVENT_READ, "wake")

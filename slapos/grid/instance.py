@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from slapos.base.errors import EXIT_FAILED, EXIT_OFFLINE, EXIT_OK, EXIT_PROMISE_FAILED, SlapOSError
+from slapos.base.safetext import UnsafeValue, buildout_value
 
 from . import backoff
 from .lock import RunLock
@@ -96,6 +97,28 @@ global-ipv4-network = {ipv4_global_network}
 """
 
 
+def partition_master_url(node_url: str, relative: str | None) -> str:
+    """The master URL a partition gets in its [slap-connection]. With a proxy in `access =
+    credentials` mode the node's own URL carries the node credential, which must never reach a
+    partition: the partition gets the URL of its own credential (`relative` to the node's, from
+    the computer document), or nothing at all (docs/security-proxy.md)."""
+    from urllib.parse import urljoin
+
+    from slapos.slap.connection import CREDENTIAL_RE, normalize_master_url, url_credential
+
+    if url_credential(node_url) is None:
+        return node_url  # a master without credentials in URLs (any SLAP master, an open proxy)
+    if relative is None:
+        raise PartitionError(
+            "the master gave no credential for this partition, and the node's own master_url carries the node "
+            "credential: refusing to hand it to the partition (is the proxy older than this node, or not in access = credentials mode?)"
+        )
+    parts = relative.split("/")
+    if len(parts) != 3 or parts[0] != ".." or parts[2] != "" or not CREDENTIAL_RE.match(parts[1]):
+        raise PartitionError(f"the master gave a malformed master URL for this partition: {relative[:80]!r}")
+    return urljoin(normalize_master_url(node_url), relative)
+
+
 class Step(Enum):
     PROCESS = "process"
     CHECK = "check"  # up to date and started: periodic promise check only
@@ -126,6 +149,8 @@ class Desired:
     timestamp: str | None
     retention_delay: float
     handle: Any  # slapos.slap.ComputerPartition, to report
+    # the partition's own master URL relative to the node's (our proxy with access = credentials)
+    master_url: str | None = None
 
     @classmethod
     def from_slap(cls, cp) -> Desired:
@@ -147,6 +172,7 @@ class Desired:
             timestamp=str(timestamp) if timestamp not in (None, "") else None,
             retention_delay=retention,
             handle=cp,
+            master_url=getattr(cp, "_slapnode_master_url", None),
         )
 
     @property
@@ -157,6 +183,8 @@ class Desired:
         """Digest of everything that, when changed, means the partition must be deployed again."""
         data = [self.timestamp, self.software_release_url, self.software_type, self.requested_state,
                 self.parameters, software_stamp]
+        if self.master_url is not None:  # a new credential (upgraded proxy): write the profile again
+            data.append(self.master_url)
         text = json.dumps(data, sort_keys=True, default=repr)
         return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:32]
 
@@ -471,19 +499,21 @@ class InstanceRun:
         values = {
             "computer_id": s.computer_id,
             "partition_id": job.id,
-            "server_url": s.master_url,
+            "server_url": partition_master_url(s.master_url, d.master_url),
             "software_release_url": d.software_release_url,
             "key_file": str(certs[1]) if certs else "",
             "cert_file": str(certs[0]) if certs else "",
-            "shared_part_list": "\n  ".join(s.shared_part_list),
-            "build_time_part_list": "\n  ".join(s.build_time_part_list),
             "requested_state": d.requested_state,
             "storage_home": s.instance_storage_home or "",
             "ipv4_global_network": s.ipv4_global_network or "",
         }
-        for key, value in values.items():
-            if "\n" in str(value) and key not in ("shared_part_list", "build_time_part_list"):
-                raise PartitionError(f"refusing a newline in {key} of the instance profile")
+        where = f"the instance profile of {job.id}"
+        try:
+            values = {key: buildout_value(key, value, where) for key, value in values.items()}
+            for key, items in (("shared_part_list", s.shared_part_list), ("build_time_part_list", s.build_time_part_list)):
+                values[key] = "\n  ".join(buildout_value(key, item, where) for item in items)
+        except UnsafeValue as e:
+            raise PartitionError(str(e)) from None
         return template.read_text(encoding="utf-8") + PROFILE_TAIL.format(**values)
 
     def run_buildout(self, job: Job) -> None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slapos.base.errors import SlapOSError
+from slapos.slap.connection import redact_url
 
 from . import process
 from .partition import Partition, open_dir, read_at, write_at
@@ -258,7 +259,8 @@ class PromiseRunner:
             "partition-id": p.partition_id,
             "partition-folder": str(p.path),
             "computer-id": s.computer_id,
-            "master-url": s.master_url,
+            # never the node credential: the plugin runs as the partition user
+            "master-url": redact_url(s.master_url),
         }
         certs = p.certificate_files()  # only certificates that were written
         if certs:

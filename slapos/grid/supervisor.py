@@ -166,11 +166,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _value(text: str) -> str:
-    """supervisord expands %(...)s in values: double the percent signs."""
-    if "\n" in text or "\r" in text:
-        raise PartitionError(f"refusing a newline in a supervisord setting: {text!r}")
-    return text.replace("%", "%%")
+def _value(text: str, key: str = "a setting") -> str:
+    """One line (no control character at all: slapos/base/safetext.py), `%` doubled
+    (supervisord expands %(...)s in values)."""
+    from slapos.base.safetext import UnsafeValue, supervisor_value
+
+    try:
+        return supervisor_value(key, text)
+    except UnsafeValue as e:
+        raise PartitionError(str(e)) from None
 
 
 def _env_value(text: str) -> str:
@@ -211,8 +215,12 @@ class Supervisor:
             if not script.exists() or importlib.util.find_spec("slapos.grid.watchdog") is None:
                 return None
             command = str(script)
-        args = [command, "--master-url", s.master_url, "--computer-id", s.computer_id,
-                "--instance-root", str(self.instance_root)]
+        from slapos.slap.connection import url_credential
+
+        # a master URL with a credential goes through the environment (`_watchdog_environment`):
+        # any local user can read a command line in /proc
+        args = [command] if url_credential(s.master_url) else [command, "--master-url", s.master_url]
+        args += ["--computer-id", s.computer_id, "--instance-root", str(self.instance_root)]
         if s.certificate_repository_path:
             args += ["--certificate-repository-path", str(s.certificate_repository_path)]
         if s.master_ca_file:
@@ -263,9 +271,15 @@ class Supervisor:
             except ImportError:  # pragma: no cover - the watchdog module ships with us
                 RECOMMENDED_BUFFER_SIZE, SUBSCRIBED_EVENTS = EVENT_BUFFER, ("PROCESS_STATE_EXITED", "PROCESS_STATE_FATAL")
             log = _value(str(root / "var" / "log" / "watchdog.log"))
+            from slapos.slap.connection import url_credential
+
+            environment = []
+            if url_credential(self.settings.master_url):
+                environment = [f"environment = SLAPOS_WATCHDOG_MASTER_URL={_env_value(self.settings.master_url)}"]
             lines += [
                 "[eventlistener:watchdog]",
                 f"command = {_value(watchdog)}",
+                *environment,
                 f"events = {', '.join(SUBSCRIBED_EVENTS)}",
                 f"buffer_size = {max(RECOMMENDED_BUFFER_SIZE, EVENT_BUFFER)}",
                 "autorestart = true",

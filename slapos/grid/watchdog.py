@@ -205,7 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="supervisord event listener: bang the master when a watched service "
         "(process name containing '-on-watch') of a partition exits unexpectedly or goes FATAL.",
     )
-    parser.add_argument("--master-url", required=True, help="SLAP master URL")
+    parser.add_argument(
+        "--master-url", default=os.environ.get("SLAPOS_WATCHDOG_MASTER_URL"),
+        help="SLAP master URL (default: $SLAPOS_WATCHDOG_MASTER_URL, how the node passes a URL holding a "
+        "credential: a command line is readable by every local user)",
+    )
     parser.add_argument("--computer-id", required=True, help="this node's computer id")
     parser.add_argument(
         "--instance-root-path", "--instance-root", dest="instance_root", required=True, metavar="DIR",
@@ -230,7 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.master_url:
+        parser.error("--master-url (or SLAPOS_WATCHDOG_MASTER_URL) is required")
     # stdout is the protocol channel: logs go to stderr (supervisord's log) and --log-file
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if args.log_file:

@@ -8,7 +8,8 @@ Vocabulary (SLAP-PROTOCOL.md §4.3–4.8):
   its tree, `''` for an instance a person requested;
 * `requester_*` is the partition that asked for it directly (`user` for a person);
 * a shared ("slave") instance lives in a hosting partition's `slave_instance_list`; its reference
-  is `<requested_by>_<title>`;
+  is `<requested_by>_<title>` (with `_` and `%` of the tree's name escaped, `shared_reference`,
+  so that two trees can never name the same one);
 * the partition `timestamp` is the only change signal a node sees: every change that matters to
   a partition bumps it (strictly increasing, even if the clock goes back).
 """
@@ -19,7 +20,8 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from .errors import BadRequest, Conflict, NotFound
+from . import access
+from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .values import dump_params
 
 log = logging.getLogger("slapos.proxy")
@@ -53,6 +55,21 @@ class InstanceRequest:
     filter_kw: dict  # computer_guid, instance_guid, ... (SLA)
     state: str | None  # None keeps the current requested state
     default_computer: str  # the proxy's own computer, preferred when the filter names none
+
+
+def shared_reference(requested_by: str, title: str) -> str:
+    """The reference of a shared instance: `<tree>_<title>` as the reference spells it, with `%`
+    and `_` of the tree's name escaped. Unescaped, tree `a` + title `b_c` and tree `a_b` + title
+    `c` would both be `a_b_c`, and one tree could take over another's shared instance; escaped,
+    the first `_` always ends the tree's name. Names without `_` or `%` are spelled as before."""
+    return requested_by.replace("%", "%25").replace("_", "%5F") + "_" + title
+
+
+def _slave_row(conn: sqlite3.Connection, requested_by: str, title: str) -> sqlite3.Row | None:
+    """A shared instance by what identifies it, (tree, title): never by its reference alone."""
+    return conn.execute(
+        "SELECT * FROM slave WHERE requested_by = ? AND title = ?", (requested_by, title)
+    ).fetchone()
 
 
 def check_state(state: str | None, what: str = "state") -> str | None:
@@ -186,6 +203,7 @@ def request_instance(conn: sqlite3.Connection, requester: Requester, request: In
                 requester.computer_id, state or "started", params_text, now, computer_id, partition_id,
             ),
         )
+        access.issue(conn, computer_id, partition_id)
         log.info("instance %r (tree %r) allocated to %s on %s", title, requested_by or title, partition_id, computer_id)
         return any_partition(conn, computer_id, partition_id)
 
@@ -280,8 +298,17 @@ def request_shared(
     parameters, filter_kw, state = request.parameters, request.filter_kw, request.state
     default_computer = request.default_computer
     requested_by = requester.requested_by
-    reference = f"{requested_by}_{title}"
-    existing = conn.execute("SELECT * FROM slave WHERE reference = ?", (reference,)).fetchone()
+    existing = _slave_row(conn, requested_by, title)
+    if existing is not None:
+        reference = existing["reference"]  # as it was first stored (a database from before the escaping)
+    else:
+        reference = shared_reference(requested_by, title)
+        taken = conn.execute("SELECT requested_by, title FROM slave WHERE reference = ?", (reference,)).fetchone()
+        if taken is not None:  # only possible with rows stored before the escaping
+            raise Conflict(
+                f"shared instance reference {reference!r} is already used by {taken['title']!r} of another tree: "
+                "choose another title"
+            )
     new_state = state or (existing["requested_state"] if existing is not None else "started")
     host = _find_host(conn, existing, software_release, software_type, filter_kw, default_computer)
     if host is None:
@@ -415,7 +442,7 @@ def rename(conn: sqlite3.Connection, computer_id: str, partition_id: str, new_na
             (new_name, now, old),
         )
         for slave in conn.execute("SELECT * FROM slave WHERE requested_by = ?", (old,)).fetchall():
-            new_reference = f"{new_name}_{slave['title']}"
+            new_reference = shared_reference(new_name, slave["title"])
             if conn.execute("SELECT 1 FROM slave WHERE reference = ?", (new_reference,)).fetchone():
                 raise Conflict(f"renaming would clash with shared instance {new_reference!r}")
             conn.execute(
@@ -446,11 +473,15 @@ def report_error(
             (text, time.time(), computer_id, partition_id),
         )
         return
-    cursor = conn.execute(
-        "UPDATE slave SET error_log = ?, error_at = ? WHERE reference = ?", (text, time.time(), slave_reference)
-    )
-    if cursor.rowcount == 0:
+    slave = conn.execute(
+        "SELECT computer_reference, hosted_by FROM slave WHERE reference = ?", (slave_reference,)
+    ).fetchone()
+    if slave is None:
         raise NotFound(f"unknown shared instance {slave_reference!r}")
+    if (slave["computer_reference"], slave["hosted_by"]) != (computer_id, partition_id):
+        # only its host reports on a shared instance: another partition must not blame it
+        raise Forbidden(f"shared instance {slave_reference!r} is not hosted by {partition_id!r} on {computer_id!r}")
+    conn.execute("UPDATE slave SET error_log = ?, error_at = ? WHERE reference = ?", (text, time.time(), slave_reference))
 
 
 def destroyed(conn: sqlite3.Connection, computer_id: str, partition_id: str) -> str:
@@ -492,7 +523,8 @@ def free_partition(conn: sqlite3.Connection, computer_id: str, partition_id: str
         """UPDATE partition SET slap_state = 'free', requested_state = 'started', software_release = NULL,
            software_type = NULL, title = NULL, requested_by = NULL, requester_id = NULL,
            requester_computer = NULL, parameters = NULL, connection = NULL,
-           reported_state = 'destroyed', reported_at = ?, error_log = NULL, error_at = NULL
+           reported_state = 'destroyed', reported_at = ?, error_log = NULL, error_at = NULL,
+           credential = NULL, credential_hash = NULL
            WHERE computer_reference = ? AND reference = ?""",
         (now, computer_id, partition_id),
     )

@@ -19,11 +19,21 @@ from urllib.parse import parse_qsl
 
 from slapos.slap import wire
 
-from . import allocation, computers, documents, identity, ownership
+from . import access, allocation, computers, documents, identity, ownership
+from .access import ANONYMOUS, OPEN, Identity, require_node, require_partition
 from .cache import CacheServer
 from .config import ProxyConfig
 from .db import Database
-from .errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError, UnsupportedMediaType
+from .errors import (
+    BadRequest,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ProxyError,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
 from .values import normalise_params
 
 log = logging.getLogger("slapos.proxy")
@@ -93,12 +103,16 @@ def xml(body: bytes | str) -> Response:
 class Request:
     """The parts of a WSGI request the routes need: fields (query or form) and the partition header."""
 
-    __slots__ = ("environ", "endpoint", "fields")
+    __slots__ = ("environ", "endpoint", "fields", "max_expanded", "identity")
 
-    def __init__(self, environ: dict, endpoint: str, fields: dict[str, str]):
+    def __init__(self, environ: dict, endpoint: str, fields: dict[str, str], max_expanded: int = wire.MAX_EXPANDED,
+                 identity: Identity = OPEN):
         self.environ = environ
         self.endpoint = endpoint
         self.fields = fields
+        # a marshalled field may not expand (references counted at each use) beyond the body limit
+        self.max_expanded = max_expanded
+        self.identity = identity  # who calls (access.resolve): checked by each route
 
     def field(self, name: str) -> str:
         try:
@@ -111,12 +125,19 @@ class Request:
         value = self.field(name)
         if not value.strip():
             raise BadRequest(f"field '{name}' of {self.endpoint} is empty")
-        return value
+        return self._sendable(name, value)
 
     def optional(self, name: str) -> str | None:
         """An optional field; the text 'None' means None (the client sends None that way, §1.1)."""
         value = self.fields.get(name)
-        return None if value is None or value == "None" or value == "" else value
+        return None if value is None or value == "None" or value == "" else self._sendable(name, value)
+
+    def _sendable(self, name: str, value: str) -> str:
+        """Identifiers end up in documents: one XML cannot carry would break every later document
+        of the computer (a 500 for the node), so it is refused here."""
+        if not wire.xml_safe(value):
+            raise BadRequest(f"field '{name}' of {self.endpoint} holds a control character XML cannot carry")
+        return value
 
     def marshalled(self, name: str, default: Any = None, required: bool = False) -> Any:
         """The decoded value of a marshalled field. Callers must not modify it: small documents
@@ -130,7 +151,7 @@ class Request:
         if cached is not _MISSING:
             return cached
         try:
-            value = wire.loads(raw)
+            value = wire.loads(raw, max_expanded=self.max_expanded)
         except wire.WireError as e:
             raise BadRequest(f"field '{name}' of {self.endpoint}: {e}") from None
         if len(raw) <= MAX_CACHED_TEXT:
@@ -200,10 +221,16 @@ class ProxyApp:
         self.config = config
         self.db = db if db is not None else Database.open(config.database)
         self.cache = documents.DocumentCache(self.db)
+        self.access = access.Access(config.access, config.node_credential, self.db)
+        with self.db.write() as conn:  # busy partitions of a database from before credentials
+            access.issue_missing(conn)
         self.run_id = new_run_id()
         self.mounts: list[tuple[str, Callable]] = []
         # binary cache for nodes (slapos node software); answers 503 until configured
-        self.mount("/shacache", CacheServer(*(config.shacache_directories or (None, None))))
+        self.mount("/shacache", CacheServer(
+            *(config.shacache_directories or (None, None)),
+            max_entry_size=config.shacache_max_entry_size, quota=config.shacache_quota,
+        ))
         # read-only user API (service/computer commands), answering for the caller's own records
         with self.db.write(documents=False) as conn:
             ownership.ensure_tables(conn)
@@ -250,14 +277,28 @@ class ProxyApp:
 
     # -- WSGI ------------------------------------------------------------------------------------
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        refusal: ProxyError | None = None
+        try:
+            identity = self.access.resolve(environ)  # strips /c/<credential> from PATH_INFO
+        except ProxyError as e:
+            identity, environ["PATH_INFO"], refusal = ANONYMOUS, "/", e
+        except sqlite3.OperationalError as e:  # the credential look-up met a busy database
+            log.warning("%s: database busy while checking a credential: %s", method, e)
+            identity, environ["PATH_INFO"] = ANONYMOUS, "/"
+            refusal = ServiceUnavailable("database busy: retry later")
         path = environ.get("PATH_INFO") or "/"
         for prefix, app in self.mounts:
-            if path.startswith(prefix):
+            if refusal is None and path.startswith(prefix):
+                if method not in ("GET", "HEAD") and not identity.trusted:
+                    refusal = Forbidden(f"{method} {prefix}: only the node may store into this binary cache")
+                    break
                 return app(environ, start_response)
         endpoint = path[1:] if path.startswith("/") else path
-        method = environ.get("REQUEST_METHOD", "GET")
         try:
-            response = self.dispatch(environ, endpoint, method)
+            if refusal is not None:
+                raise refusal
+            response = self.dispatch(environ, endpoint, method, identity)
         except ProxyError as e:
             response = Response(str(e).encode("utf-8"), f"{e.status} {e.reason}")
             if isinstance(e, MethodNotAllowed):
@@ -280,7 +321,7 @@ class ProxyApp:
         start_response(response.status, headers)
         return [response.body]
 
-    def dispatch(self, environ: dict, endpoint: str, method: str) -> Response:
+    def dispatch(self, environ: dict, endpoint: str, method: str, identity: Identity = OPEN) -> Response:
         route = self.routes.get(endpoint)
         if route is None:
             if endpoint in NOT_SERVED:
@@ -295,7 +336,7 @@ class ProxyApp:
             fields = self._parse(environ.get("QUERY_STRING", ""))
         else:
             fields = self._read_form(environ)
-        return handler(Request(environ, endpoint, fields))
+        return handler(Request(environ, endpoint, fields, self.config.max_request_size, identity))
 
     def _read_form(self, environ: dict) -> dict[str, str]:
         content_type = environ.get("CONTENT_TYPE", "")
@@ -351,15 +392,18 @@ class ProxyApp:
 
     def get_full_computer_information(self, req: Request) -> Response:
         computer_id = req.reference("computer_id")
+        require_node(req.identity, req.endpoint)  # every partition's parameters and connection
+        credentials = self.access.credentials
 
         def build() -> wire.WireObject:
             with self.db.read() as conn:
                 computers.require_computer(conn, computer_id, self.config.computer_id)
-                return documents.computer_document(conn, computer_id)
+                return documents.computer_document(conn, computer_id, credentials)
 
-        return xml(self.cache.get(("computer", computer_id), build))
+        return xml(self.cache.get(("computer", computer_id, credentials), build))
 
     def load_computer_configuration(self, req: Request) -> Response:
+        require_node(req.identity, req.endpoint)
         computer = req.marshalled("xml", required=True)
         with self.db.write() as conn:
             answer = computers.load_configuration(conn, computer)
@@ -368,12 +412,14 @@ class ProxyApp:
 
     def supply(self, req: Request) -> Response:
         url, computer_id, state = req.reference("url"), req.reference("computer_id"), req.field("state")
+        require_node(req.identity, "supplying software")
         with self.db.write() as conn:
             return text(computers.supply(conn, url, computer_id, state, self.config.computer_id))
 
     def software_report(self, state: str) -> Callable[[Request], Response]:
         def handler(req: Request) -> Response:
             url, computer_id = req.reference("url"), req.reference("computer_id")
+            require_node(req.identity, req.endpoint)
             error_log = req.field("error_log") if state == "error" else None
             with self.db.write(documents=state == "destroyed") as conn:
                 return text(computers.report_software(conn, url, computer_id, state, error_log))
@@ -382,11 +428,13 @@ class ProxyApp:
 
     def use_computer(self, req: Request) -> Response:
         computer_id, use_string = req.reference("computer_id"), req.field("use_string")
+        require_node(req.identity, req.endpoint)
         with self.db.write(documents=False) as conn:
             return text(computers.use_computer(conn, computer_id, use_string, self.config.computer_id))
 
     def computer_bang(self, req: Request) -> Response:
         computer_id, message = req.reference("computer_id"), req.field("message")
+        require_node(req.identity, req.endpoint)
         with self.db.write() as conn:
             computers.computer_bang(conn, computer_id, message, self.config.computer_id)
         return xml(EMPTY_STRING)
@@ -405,6 +453,10 @@ class ProxyApp:
     def register_computer_partition(self, req: Request) -> Response:
         computer_id = req.reference("computer_reference")
         partition_id = req.reference("computer_partition_reference")
+        identity = req.identity
+        if not identity.trusted and (computer_id, partition_id) != (identity.computer_id, identity.partition_id):
+            with self.db.read() as conn:  # (the node and a partition reading itself need no look-up)
+                access.require_tree(conn, identity, computer_id, partition_id, req.endpoint)
 
         def build() -> wire.WireObject:
             with self.db.read() as conn:
@@ -414,6 +466,7 @@ class ProxyApp:
 
     def partition_certificate(self, req: Request) -> Response:
         computer_id, partition_id = req.reference("computer_id"), req.reference("computer_partition_id")
+        require_partition(req.identity, computer_id, partition_id, req.endpoint)
         with self.db.read() as conn:
             allocation.any_partition(conn, computer_id, partition_id)
         return xml(CERTIFICATE)
@@ -434,9 +487,7 @@ class ProxyApp:
                 "request from that master directly"
             )
         state = _state_field(req)
-        header = req.partition_header()
-        if header is None and req.optional("computer_partition_id"):
-            header = (req.fields.get("computer_id", self.config.computer_id), req.field("computer_partition_id"))
+        header = self._requester(req)
         request = allocation.InstanceRequest(
             software_release, software_type, title, parameters, filter_kw, state, self.config.computer_id
         )
@@ -453,8 +504,28 @@ class ProxyApp:
                 document = documents.software_instance(conn, row)
         return xml(wire.dumps(document))
 
+    def _requester(self, req: Request) -> tuple[str, str] | None:
+        """Who requests: the partition of a partition credential (whatever the header says: it
+        must agree), else the X-SlapPartition header or form of a trusted caller, else a person."""
+        identity = req.identity
+        header = req.partition_header()
+        if header is None and req.optional("computer_partition_id"):
+            header = (req.fields.get("computer_id", self.config.computer_id), req.field("computer_partition_id"))
+        if identity.trusted:
+            return header
+        if identity.kind != "partition":
+            require_partition(identity, None, None, "requesting an instance")
+        own = (identity.computer_id, identity.partition_id)
+        if header is not None and tuple(header) != own:
+            raise Forbidden(
+                f"requesting an instance: the X-SlapPartition header names partition {header[1]} of {header[0]}, "
+                f"but the credential is the one of {identity}"
+            )
+        return own
+
     def set_connection(self, req: Request) -> Response:
         computer_id, partition_id = req.reference("computer_id"), req.reference("computer_partition_id")
+        require_partition(req.identity, computer_id, partition_id, req.endpoint)
         if "connection_xml" not in req.fields:
             raise BadRequest(f"missing field 'connection_xml' for {req.endpoint}")
         connection = normalise_params(_dict_field(req, "connection_xml"), "connection_xml")
@@ -466,6 +537,7 @@ class ProxyApp:
     def partition_report(self, state: str) -> Callable[[Request], Response]:
         def handler(req: Request) -> Response:
             computer_id, partition_id = req.reference("computer_id"), req.reference("computer_partition_id")
+            require_partition(req.identity, computer_id, partition_id, req.endpoint)
             with self.db.write(documents=False) as conn:
                 allocation.report_partition(conn, computer_id, partition_id, state)
             return text("OK")
@@ -474,11 +546,14 @@ class ProxyApp:
 
     def destroyed_partition(self, req: Request) -> Response:
         computer_id, partition_id = req.reference("computer_id"), req.reference("computer_partition_id")
+        # freeing a partition is the node's word, after it cleaned it: never a tenant's
+        require_node(req.identity, req.endpoint)
         with self.db.write() as conn:
             return text(allocation.destroyed(conn, computer_id, partition_id))
 
     def instance_error(self, req: Request) -> Response:
         computer_id, partition_id = req.reference("computer_id"), req.reference("computer_partition_id")
+        require_partition(req.identity, computer_id, partition_id, req.endpoint)
         error_log = req.field("error_log")
         slave_reference = req.optional("slave_reference")
         with self.db.write(documents=False) as conn:
@@ -487,6 +562,7 @@ class ProxyApp:
 
     def instance_bang(self, req: Request) -> Response:
         computer_id, partition_id = req.reference("computer_id"), req.reference("computer_partition_id")
+        require_partition(req.identity, computer_id, partition_id, req.endpoint)
         req.field("message")
         with self.db.write() as conn:
             allocation.bang(conn, computer_id, partition_id)
@@ -494,6 +570,7 @@ class ProxyApp:
 
     def instance_rename(self, req: Request) -> Response:
         computer_id, partition_id = req.reference("computer_id"), req.reference("computer_partition_id")
+        require_partition(req.identity, computer_id, partition_id, req.endpoint)
         new_name = req.reference("new_name")
         if req.optional("slave_reference"):
             raise BadRequest("renaming a shared instance is not supported by this proxy: request it under the new name")

@@ -10,6 +10,11 @@ shacache_content_directory` and `shacache_metadata_directory`), mounted under `/
 Not configured → 503. The server checks content hashes and entry shapes; it does not check
 signatures (clients do, against the certificates *they* trust). Content is streamed to disk, never
 held in memory; directory files are replaced atomically. Node side: slapos/grid/cache.py.
+
+Limits (`[slapproxy] shacache_max_entry_size`, `shacache_quota`, bytes): a body larger than the
+first gets 413 (from its Content-Length, else as soon as the stream passes it); a body that would
+take the content store past the quota gets 507 Insufficient Storage, and nothing is kept of it.
+With `access = credentials` only the node may store (403 for anyone else).
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ TEXT = "text/plain; charset=utf-8"
 CHUNK = 1 << 20
 MAX_ENTRY = 64 * 1024  # one signed entry (metadata + signature) is well under 4 KiB
 MAX_ENTRIES = 256  # per key: older entries are dropped first
+DEFAULT_MAX_CACHE_ENTRY = 4 << 30  # one archive: a big software release is a few hundred MB
+DEFAULT_MAX_CACHE_TOTAL = 64 << 30  # the whole content store
 _SHA512 = re.compile(r"^[0-9a-f]{128}$")
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+=-]{0,199}$")  # "=": pypi:NAME=VERSION keys
 
@@ -64,9 +71,18 @@ class HTTPError(Exception):
 class CacheServer:
     """WSGI application serving a content store and a signed-entry directory."""
 
-    def __init__(self, content_directory: Path | None, metadata_directory: Path | None):
+    def __init__(
+        self,
+        content_directory: Path | None,
+        metadata_directory: Path | None,
+        max_entry_size: int = DEFAULT_MAX_CACHE_ENTRY,
+        quota: int = DEFAULT_MAX_CACHE_TOTAL,
+    ):
         self.content = Path(content_directory) if content_directory else None
         self.metadata = Path(metadata_directory) if metadata_directory else None
+        self.max_entry_size = max_entry_size
+        self.quota = quota
+        self._used: int | None = None  # bytes in the content store: counted at each upload, then kept up to date
         for directory in (self.content, self.metadata):
             if directory is not None:
                 directory.mkdir(parents=True, exist_ok=True)
@@ -136,23 +152,72 @@ class CacheServer:
             return self._text(start_response, "201 Created", digest)
         raise HTTPError("405 Method Not Allowed", f"{method} not allowed here")
 
+    def used(self) -> int:
+        """Bytes held by the content store (uploads in progress included: they take room too)."""
+        assert self.content is not None
+        with self._lock:
+            if self._used is None:
+                total = 0
+                with os.scandir(self.content) as entries:
+                    for entry in entries:
+                        try:
+                            if entry.is_file(follow_symlinks=False):
+                                total += entry.stat(follow_symlinks=False).st_size
+                        except FileNotFoundError:
+                            pass
+                self._used = total
+            return self._used
+
+    def _reserve(self, size: int) -> None:
+        """Count `size` more bytes against the quota, or refuse with 507."""
+        self.used()
+        with self._lock:
+            assert self._used is not None
+            if self._used + size > self.quota:
+                raise HTTPError(
+                    "507 Insufficient Storage",
+                    f"binary cache quota reached: {self._used} of {self.quota} bytes used "
+                    "([slapproxy] shacache_quota); remove old content or raise the quota",
+                )
+            self._used += size
+
+    def _release(self, size: int) -> None:
+        with self._lock:
+            if self._used is not None:
+                self._used = max(0, self._used - size)
+
     def _store(self, environ: dict, expected: str | None) -> str:
         assert self.content is not None
         tmp = self.content / f".upload-{secrets.token_hex(8)}"
         digest = hashlib.sha512()
+        reserved = 0
+        kept = False
+        with self._lock:  # count again at each upload: other worker processes store too
+            self._used = None
         try:
             with open(tmp, "xb") as out:
-                for chunk in _read_body(environ):
+                for chunk in _read_body(environ, limit=self.max_entry_size, what="archive"):
+                    self._reserve(len(chunk))  # counted as it comes: a body without length cannot overrun
+                    reserved += len(chunk)
                     digest.update(chunk)
                     out.write(chunk)
             name = digest.hexdigest()
             if expected is not None and name != expected:
                 raise HTTPError("400 Bad Request", "checksum mismatch: the body's SHA-512 is not the one in the URL")
             os.chmod(tmp, 0o644)
-            os.replace(tmp, self.content / name)
+            final = self.content / name
+            try:
+                replaced = final.stat().st_size  # the same content again: it takes no more room
+            except FileNotFoundError:
+                replaced = 0
+            os.replace(tmp, final)
+            kept = True
+            self._release(replaced)
             log.info("binary cache: stored %s…", name[:16])
             return name
         finally:
+            if not kept:
+                self._release(reserved)
             tmp.unlink(missing_ok=True)
 
     # -- directory (shadir) -------------------------------------------------------------------
@@ -220,12 +285,12 @@ def _parse_entry(body: bytes) -> list[str]:
     return entry
 
 
-def _read_body(environ: dict, limit: int | None = None) -> Iterable[bytes]:
+def _read_body(environ: dict, limit: int | None = None, what: str = "body") -> Iterable[bytes]:
     stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH") or ""
     remaining = int(length) if length.isdigit() else None
     if limit is not None and remaining is not None and remaining > limit:
-        raise HTTPError("413 Payload Too Large", f"body larger than {limit} bytes")
+        raise HTTPError("413 Payload Too Large", f"{what} of {remaining} bytes is larger than the {limit} bytes allowed")
     total = 0
     while remaining is None or remaining > 0:
         chunk = stream.read(CHUNK if remaining is None else min(CHUNK, remaining))
@@ -235,7 +300,7 @@ def _read_body(environ: dict, limit: int | None = None) -> Iterable[bytes]:
             break
         total += len(chunk)
         if limit is not None and total > limit:
-            raise HTTPError("413 Payload Too Large", f"body larger than {limit} bytes")
+            raise HTTPError("413 Payload Too Large", f"{what} larger than the {limit} bytes allowed")
         if remaining is not None:
             remaining -= len(chunk)
         yield chunk

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from slapos.base.config import Config
 from slapos.base.errors import ConfigError
+from slapos.slap.connection import url_credential
 
-from .cache import cache_directories
+from .access import CREDENTIALS_MODE, MODES, OPEN_MODE, new_credential
+from .cache import DEFAULT_MAX_CACHE_ENTRY, DEFAULT_MAX_CACHE_TOTAL, cache_directories
 
 log = logging.getLogger("slapos.proxy")
 
@@ -37,6 +39,13 @@ class ProxyConfig:
     log_file: Path | None = None
     # binary cache for nodes: (content, metadata) directories, see slapos/proxy/cache.py
     shacache_directories: tuple[Path, Path] | None = None
+    # binary cache limits (bytes): one stored archive, and all of them together (413 / 507)
+    shacache_max_entry_size: int = DEFAULT_MAX_CACHE_ENTRY
+    shacache_quota: int = DEFAULT_MAX_CACHE_TOTAL
+    # who may call: "open" (anyone acts for anyone, the standalone node) or "credentials" (the
+    # node credential of [slapos] master_url, partition credentials; docs/security-proxy.md)
+    access: str = OPEN_MODE
+    node_credential: str | None = None
 
     @classmethod
     def from_config(cls, cfg: Config, **overrides) -> ProxyConfig:
@@ -65,6 +74,9 @@ class ProxyConfig:
             instance_root=cfg.get_path("slapos", "instance_root", None),
             log_file=cfg.get_path(s, "log_file", None),
             shacache_directories=cache_directories(cfg.section(s)),
+            shacache_max_entry_size=_size(cfg, "shacache_max_entry_size", DEFAULT_MAX_CACHE_ENTRY),
+            shacache_quota=_size(cfg, "shacache_quota", DEFAULT_MAX_CACHE_TOTAL),
+            access=cfg.get(s, "access", OPEN_MODE).strip().lower(),
         )
         for key, value in overrides.items():
             if value is not None:
@@ -75,8 +87,44 @@ class ProxyConfig:
             raise ConfigError("[slapproxy] threads must be at least 1")
         if config.max_request_size < 1024:
             raise ConfigError("[slapproxy] max_request_size must be at least 1024 bytes")
+        if config.access not in MODES:
+            raise ConfigError(f"[slapproxy] access = {config.access!r}: use {' or '.join(MODES)}")
+        if config.access == CREDENTIALS_MODE:
+            config.node_credential = _node_credential(cfg)
+        else:  # an open proxy still accepts the node's URL when it carries one (switching modes)
+            config.node_credential = url_credential(cfg.get("slapos", "master_url", ""))
         _warn_unsupported(cfg)
         return config
+
+
+def _size(cfg: Config, key: str, default: int) -> int:
+    value = cfg.get_int("slapproxy", key, default)
+    if value < 1:
+        raise ConfigError(f"[slapproxy] {key} must be a positive number of bytes, not {value}")
+    return value
+
+
+def _node_credential(cfg: Config) -> str:
+    """access = credentials: the node credential is the one of `[slapos] master_url`, in a
+    configuration file no one else may read."""
+    master_url = cfg.get("slapos", "master_url", "")
+    credential = url_credential(master_url)
+    if credential is None:
+        base = master_url.split("://", 1)[-1].split("/", 1)[0] or "127.0.0.1:8080"
+        raise ConfigError(
+            "[slapproxy] access = credentials needs the node credential in [slapos] master_url, e.g. "
+            f"master_url = http://{base}/c/{new_credential()}/ (a fresh random one; keep the file mode 0600)"
+        )
+    if cfg.path is not None:
+        import os
+
+        mode = os.stat(cfg.path).st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"{cfg.path} holds the node credential ([slapos] master_url) but is readable by others "
+                f"(mode {mode & 0o777:o}): chmod 600 {cfg.path}"
+            )
+    return credential
 
 
 def _warn_unsupported(cfg: Config) -> None:

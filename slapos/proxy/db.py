@@ -116,6 +116,13 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX slave_host ON slave (computer_reference, hosted_by)",
     ],
+    # 2 → 3: per-partition credentials (access = credentials, slapos/proxy/access.py); busy
+    # partitions of an upgraded database get theirs when the proxy starts (access.issue_missing)
+    [
+        "ALTER TABLE partition ADD COLUMN credential TEXT",
+        "ALTER TABLE partition ADD COLUMN credential_hash TEXT",
+        "CREATE UNIQUE INDEX partition_credential ON partition (credential_hash) WHERE credential_hash IS NOT NULL",
+    ],
 ]
 
 SCHEMA_VERSION = 1 + len(MIGRATIONS)

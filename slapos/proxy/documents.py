@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from slapos.slap.wire import Fragment, WireObject, dumps, dumps_instance_xml, encode_fragment
 
+from .access import partition_url
 from .allocation import any_partition
 from .db import Database
 from .values import load_params
@@ -71,7 +72,13 @@ def partition_parameters(row: sqlite3.Row, ip_list: list[tuple], slaves: list[di
     return params
 
 
-def computer_partition(row: sqlite3.Row, ip_list: list[tuple], slaves: list[dict]) -> WireObject:
+def computer_partition(
+    row: sqlite3.Row, ip_list: list[tuple], slaves: list[dict], credentials: bool = False
+) -> WireObject:
+    """A ComputerPartition record. With `credentials` (access = credentials, the computer
+    document the node fetches with its own credential), a busy partition carries
+    `_slapnode_master_url`: its own master URL relative to the node's, which the node writes
+    into the partition's [slap-connection] instead of its own (docs/security-proxy.md)."""
     computer_id, partition_id = row["computer_reference"], row["reference"]
     attrs: dict = {
         "_computer_id": computer_id,
@@ -85,6 +92,8 @@ def computer_partition(row: sqlite3.Row, ip_list: list[tuple], slaves: list[dict
         attrs["_parameter_dict"] = partition_parameters(row, ip_list, slaves)
         attrs["_requested_state"] = row["requested_state"]
         attrs["_software_release_document"] = software_release(row["software_release"], computer_id)
+        if credentials and row["credential"]:
+            attrs["_slapnode_master_url"] = partition_url(row["credential"])
     else:
         # a free partition: the node only cleans it up (§6.9)
         attrs["_need_modification"] = 0
@@ -137,7 +146,7 @@ _PARTITION_FRAGMENTS: dict[tuple[str, str], tuple[tuple, Fragment]] = {}
 _PARTITION_FRAGMENTS_MAX = 100_000
 
 
-def _partition_fragments(conn: sqlite3.Connection, computer_id: str) -> list[Fragment]:
+def _partition_fragments(conn: sqlite3.Connection, computer_id: str, credentials: bool) -> list[Fragment]:
     """The encoded partitions of a computer, in document order, reusing those whose rows are unchanged."""
     ips = ip_lists(conn, computer_id)
     slaves_of = slave_rows(conn, computer_id)
@@ -147,13 +156,15 @@ def _partition_fragments(conn: sqlite3.Connection, computer_id: str) -> list[Fra
         partition_id = row["reference"]
         ip_list = ips.get(partition_id, [])
         slaves = slaves_of.get(partition_id, ())
-        content = (tuple(row), tuple(ip_list), tuple(tuple(slave) for slave in slaves))
+        content = (credentials, tuple(row), tuple(ip_list), tuple(tuple(slave) for slave in slaves))
         key = (computer_id, partition_id)
         entry = cache.get(key)
         if entry is not None and entry[0] == content:
             fragments.append(entry[1])
             continue
-        fragment = encode_fragment(computer_partition(row, ip_list, [slave_entry(slave) for slave in slaves]))
+        fragment = encode_fragment(
+            computer_partition(row, ip_list, [slave_entry(slave) for slave in slaves], credentials)
+        )
         if len(cache) >= _PARTITION_FRAGMENTS_MAX:
             cache.clear()
         cache[key] = (content, fragment)
@@ -161,8 +172,8 @@ def _partition_fragments(conn: sqlite3.Connection, computer_id: str) -> list[Fra
     return fragments
 
 
-def computer_document(conn: sqlite3.Connection, computer_id: str) -> WireObject:
-    partitions = _partition_fragments(conn, computer_id)
+def computer_document(conn: sqlite3.Connection, computer_id: str, credentials: bool = False) -> WireObject:
+    partitions = _partition_fragments(conn, computer_id, credentials)
     softwares = [
         software_release(url, computer_id, state)
         for url, state in conn.execute(

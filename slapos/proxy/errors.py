@@ -17,6 +17,10 @@ class BadRequest(ProxyError):
     status, reason = 400, "Bad Request"
 
 
+class Forbidden(ProxyError):
+    status, reason = 403, "Forbidden"
+
+
 class NotFound(ProxyError):
     status, reason = 404, "Not Found"
 
@@ -39,3 +43,7 @@ class PayloadTooLarge(ProxyError):
 
 class UnsupportedMediaType(ProxyError):
     status, reason = 415, "Unsupported Media Type"
+
+
+class ServiceUnavailable(ProxyError):
+    status, reason = 503, "Service Unavailable"

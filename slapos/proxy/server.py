@@ -108,8 +108,8 @@ def serve(config: ProxyConfig, on_ready: Callable[[str], None] | None = None) ->
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         log.info(
-            "slapproxy listening on %s (database %s, computer %s, %d threads)",
-            url, config.database, config.computer_id, config.threads,
+            "slapproxy listening on %s (database %s, computer %s, %d threads, access %s)",
+            url, config.database, config.computer_id, config.threads, config.access,
         )
         if on_ready is not None:
             on_ready(url)

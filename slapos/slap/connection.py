@@ -70,6 +70,28 @@ def normalize_master_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, path, parts.query, ""))
 
 
+# A master URL may carry a credential as the first segment of its path, `…/c/<credential>/`: our
+# proxy with `access = credentials` (docs/security-proxy.md). Clients only append endpoint names to
+# master_url, so every SLAP client sends it; these helpers keep it out of what is shown or logged.
+CREDENTIAL_PREFIX = "/c/"
+CREDENTIAL_RE = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
+
+
+def url_credential(url: str) -> str | None:
+    """The credential a master URL carries (`…/c/<credential>/`), or None."""
+    path = urlsplit(url.strip()).path
+    if not path.startswith(CREDENTIAL_PREFIX):
+        return None
+    credential = path[len(CREDENTIAL_PREFIX):].split("/", 1)[0]
+    return credential if CREDENTIAL_RE.match(credential) else None
+
+
+def redact_url(url: str) -> str:
+    """`url` with its credential (if any) replaced by `…`: fit for logs and error messages."""
+    credential = url_credential(url)
+    return url.replace(credential, "…", 1) if credential else url
+
+
 def partition_header(computer_id: str, partition_id: str) -> dict[str, str]:
     """The partition identity header of §1.2 (exact spacing: comma + one space)."""
     return {
@@ -148,7 +170,7 @@ class Connection:
         # requests re-quoted the URL: characters unsafe in a request line are %-escaped
         self._prefix = quote(parts.path, safe="!#$%&'()*+,/:;=?@[]~")
         self._auth = None
-        self._display = self.master_url
+        self._display = redact_url(self.master_url)
         if parts.username is not None:
             # http://user:password@host/: HTTP basic authentication, like requests did; the
             # password is kept out of the URLs that error messages show.
@@ -160,7 +182,9 @@ class Connection:
             except UnicodeEncodeError:
                 raw = credentials.encode("utf-8")
             self._auth = "Basic " + base64.b64encode(raw).decode("ascii")
-            self._display = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query, ""))
+            self._display = redact_url(
+                urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query, ""))
+            )
 
     # -- transport -----------------------------------------------------------------------------
 

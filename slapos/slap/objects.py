@@ -297,6 +297,9 @@ class ComputerPartition(_SlapObject):
         "_connection_dict": _dict,
         "_filter_dict": _dict,
         "_access_status": _opt_text,
+        # our proxy with access = credentials: the partition's own master URL, relative to the
+        # node's (the node writes it into [slap-connection]; docs/security-proxy.md)
+        "_slapnode_master_url": _opt_text,
     }
     # attributes of a request() answer copied onto the partition (not re-encoded)
     _instance_fields = SoftwareInstance._wire_fields

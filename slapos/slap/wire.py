@@ -41,6 +41,8 @@ __all__ = [
     "MAX_SIZE",
     "MAX_DEPTH",
     "MAX_ELEMENTS",
+    "MAX_EXPANDED",
+    "xml_safe",
     "Fragment",
     "encode_fragment",
 ]
@@ -55,12 +57,25 @@ ALLOWED_CLASSES = frozenset({"Computer", "ComputerPartition", "SoftwareRelease",
 MAX_SIZE = 64 * 1024 * 1024
 MAX_DEPTH = 64
 MAX_ELEMENTS = 2_000_000
+# Bound on the *expanded* size of a decoded document: every element counts 1 and every character
+# of text 1, and a `<reference>` counts the whole size of what it points to each time it is used.
+# Decoding shares the referenced value (cheap), but whoever walks it afterwards (JSON encoding,
+# `str()`, writing parameters to disk) pays the expansion: without this bound a 3 KB body of
+# nested references expands to gigabytes ("billion laughs" through aliases instead of entities).
+MAX_EXPANDED = MAX_SIZE
 
 # The namespaced variant of xml_marshaller (never used by SLAP, but harmless to accept).
 _MARSHAL_NS = "{http://www.erp5.org/namespaces/marshaller}"
 # Characters XML 1.0 cannot carry at all, not even as character references.
 _INVALID_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _PROLOG_SPACE = re.compile(rb"[ \t\r\n]*")
+
+
+def xml_safe(text: str) -> bool:
+    """Whether `text` can travel in a SLAP document at all (XML 1.0 cannot carry most C0 controls
+    nor surrogates, even escaped): what is not must be refused where it comes in, not when a
+    document holding it is encoded later."""
+    return _INVALID_XML_CHARS.search(text) is None
 
 
 class WireError(SlapOSError, ValueError):
@@ -498,13 +513,14 @@ _REFUSED = {
 
 
 class _Frame:
-    __slots__ = ("tag", "items", "ref", "klass")
+    __slots__ = ("tag", "items", "ref", "klass", "start")
 
-    def __init__(self, tag: str, ref: str | None = None, klass: str | None = None) -> None:
+    def __init__(self, tag: str, ref: str | None = None, klass: str | None = None, start: int = 0) -> None:
         self.tag = tag
         self.items: list = []
         self.ref = ref
         self.klass = klass
+        self.start = start  # the expanded size of the document when this container opened
 
 
 def _finish(frame: _Frame, object_hook: Callable[[WireObject], Any] | None) -> Any:
@@ -541,12 +557,19 @@ def _finish(frame: _Frame, object_hook: Callable[[WireObject], Any] | None) -> A
 class _MarshalTarget:
     """lxml parser target turning parse events into Python values, with the safety checks."""
 
-    def __init__(self, object_hook, max_depth: int, max_elements: int) -> None:
+    def __init__(self, object_hook, max_depth: int, max_elements: int, max_expanded: int = MAX_EXPANDED) -> None:
         self.object_hook = object_hook
         self.max_depth = max_depth
         self.max_elements = max_elements
+        self.max_expanded = max_expanded
+        # Expanded size of the document so far (see MAX_EXPANDED): +1 per element, +1 per character
+        # of text, + the size of the target at each <reference>. A container's own size is the
+        # growth between its start and its end, so one counter serves (cheap: no per-frame sums).
+        # Only a reference can make it outgrow the raw document, so only references check it.
+        self.expanded = 0
         self.stack: list[_Frame] = []
         self.memo: dict[str, Any] = {}
+        self.weights: dict[str, int] = {}  # id -> expanded size of that container
         # ids of containers opened but not finished: a reference to one of them is a cycle
         self.pending: set[str] = set()
         self.text: list[str] = []
@@ -595,7 +618,8 @@ class _MarshalTarget:
                 if ref in self.memo or ref in self.pending:
                     raise WireError(f"id {ref!r} is used twice in the document")
                 self.pending.add(ref)
-            stack.append(_Frame(tag, ref, klass))
+            self.expanded += 1
+            stack.append(_Frame(tag, ref, klass, self.expanded))
         elif tag == "reference":
             stack.append(_Frame(tag, attrib.get("id")))
         elif tag in _REFUSED:
@@ -619,8 +643,10 @@ class _MarshalTarget:
                 value = text[0] if len(text) == 1 else "".join(text)
                 if "&" in value:
                     value = value.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+                self.expanded += 1 + len(value)
             else:
                 value = _scalar(scalar, "".join(text))
+                self.expanded += 1
             self.stack[-1].items.append(value)
             return
         frame = self.stack.pop()
@@ -631,6 +657,12 @@ class _MarshalTarget:
                 raise WireError("<reference> must be empty")
             if ref in self.memo:
                 value = self.memo[ref]
+                self.expanded += self.weights[ref]  # the alias costs what it points to, every time
+                if self.expanded > self.max_expanded:
+                    raise WireError(
+                        f"document expands to more than {self.max_expanded} elements and characters "
+                        "(<reference> aliases count each time they are used); refusing it"
+                    )
             elif ref in self.pending:
                 raise WireError(f"<reference id={ref!r}> points to its own container (cyclic); refused")
             else:
@@ -645,6 +677,7 @@ class _MarshalTarget:
             if frame.ref is not None:
                 self.pending.discard(frame.ref)
                 self.memo[frame.ref] = value
+                self.weights[frame.ref] = self.expanded - frame.start + 1
         self.stack[-1].items.append(value)
 
     def close(self) -> list:
@@ -658,14 +691,17 @@ def loads(
     max_size: int = MAX_SIZE,
     max_depth: int = MAX_DEPTH,
     max_elements: int = MAX_ELEMENTS,
+    max_expanded: int = MAX_EXPANDED,
 ) -> Any:
     """Decode an xml_marshaller document safely.
 
     `<object>` elements become `WireObject`s (or `object_hook(wire_object)`); only the four SLAP
-    classes of module `slapos.slap.slap` are accepted. Anything malformed or hostile raises WireError.
+    classes of module `slapos.slap.slap` are accepted. Anything malformed or hostile raises WireError,
+    including a document whose expanded size (`<reference>` aliases counted at each use) exceeds
+    `max_expanded`.
     """
     raw = _prepare(data, max_size, "XML document")
-    result = _parse(raw, _MarshalTarget(object_hook, max_depth, max_elements))
+    result = _parse(raw, _MarshalTarget(object_hook, max_depth, max_elements, max_expanded))
     if not result:
         raise WireError("empty or truncated marshalled document")
     return result[0]

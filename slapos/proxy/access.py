@@ -1,0 +1,208 @@
+"""Who is calling the proxy, and for whom it may act (docs/security-proxy.md).
+
+With `[slapproxy] access = open` (the default, a standalone node whose partitions all run as one
+user) every caller may do everything, as with the reference. With `access = credentials` (a node
+whose partitions have their own users) every call carries a credential as the first segment of
+its path, `/c/<credential>/<endpoint>`: SLAP clients only append endpoint names to `master_url`,
+so `master_url = http://127.0.0.1:8080/c/<credential>/` works with every client, the reference's
+included. Two kinds of credential:
+
+* the **node credential**, written by the operator in `[slapos] master_url` of the node's
+  slapos.cfg (mode 0600): root's node commands and the operator's client act as the node;
+* a **partition credential**, created by the proxy when it allocates a partition, revoked when
+  it frees it, handed to the node in the computer document (`_slapnode_master_url`, a URL
+  relative to the node's own) and written by the node into the partition's `[slap-connection]`.
+  A call with it acts only for that partition: its own documents, and requests in its own tree.
+
+A call without a credential gets 403, except the harmless ones (`getRunId`, the index, product
+lookups, binary cache downloads). Resolution of a credential to an identity happens here and only
+here: issue 16 adds TLS client certificates as another source of the same `Identity`.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import sqlite3
+import threading
+from dataclasses import dataclass
+
+from slapos.slap.connection import CREDENTIAL_PREFIX as PREFIX
+from slapos.slap.connection import CREDENTIAL_RE as _CREDENTIAL
+
+from .errors import Forbidden
+
+log = logging.getLogger("slapos.proxy")
+
+OPEN_MODE, CREDENTIALS_MODE = "open", "credentials"
+MODES = (OPEN_MODE, CREDENTIALS_MODE)
+_CACHE_MAX = 4096
+
+
+def new_credential() -> str:
+    """A fresh credential: 256 random bits, URL-safe (it travels in a path segment)."""
+    return secrets.token_urlsafe(32)
+
+
+def credential_hash(credential: str) -> str:
+    """What the database indexes: a lookup by hash takes the same time whatever the guess."""
+    return hashlib.sha256(credential.encode("ascii")).hexdigest()
+
+
+def partition_url(credential: str) -> str:
+    """The partition's master URL, relative to the node's (`…/c/<node>/` → `…/c/<partition>/`)."""
+    return f"../{credential}/"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The caller. `kind`: `open` (access = open: anyone acts for anyone), `node` (the node
+    credential: the node and its operator), `partition` (a partition credential) or `anonymous`
+    (no credential, access = credentials)."""
+
+    kind: str
+    computer_id: str | None = None
+    partition_id: str | None = None
+
+    @property
+    def trusted(self) -> bool:
+        """May act for every partition and computer (the node, or anyone on an open proxy)."""
+        return self.kind in (OPEN_MODE, "node")
+
+    def __str__(self) -> str:
+        if self.kind == "partition":
+            return f"partition {self.partition_id} of {self.computer_id}"
+        return self.kind
+
+
+OPEN = Identity(OPEN_MODE)
+NODE = Identity("node")
+ANONYMOUS = Identity("anonymous")
+
+
+def require_node(identity: Identity, what: str) -> None:
+    """Only the node (or anyone, on an open proxy) may `what`."""
+    if identity.trusted:
+        return
+    if identity.kind == "anonymous":
+        raise Forbidden(
+            f"{what} needs a credential: this proxy runs with access = credentials; use the "
+            "master_url of the node's slapos.cfg"
+        )
+    raise Forbidden(f"{what} is for the node only, not for {identity}")
+
+
+def require_partition(identity: Identity, computer_id: str | None, partition_id: str | None, what: str) -> None:
+    """The node may act for every partition, a partition credential only for its own partition."""
+    if identity.trusted:
+        return
+    if identity.kind == "anonymous":
+        raise Forbidden(
+            f"{what} needs a credential: this proxy runs with access = credentials; use the "
+            "server-url of the partition's [slap-connection]"
+        )
+    if (computer_id, partition_id) != (identity.computer_id, identity.partition_id):
+        raise Forbidden(
+            f"{what}: the credential of {identity} cannot act for partition {partition_id} of {computer_id}"
+        )
+
+
+def _tree(conn: sqlite3.Connection, computer_id: str | None, partition_id: str | None) -> str | None:
+    row = conn.execute(
+        "SELECT title, requested_by FROM partition WHERE computer_reference = ? AND reference = ? "
+        "AND slap_state = 'busy'",
+        (computer_id, partition_id),
+    ).fetchone()
+    return None if row is None else (row[1] or row[0])
+
+
+def require_tree(
+    conn: sqlite3.Connection, identity: Identity, computer_id: str, partition_id: str, what: str
+) -> None:
+    """Reading: the node reads everything; a partition credential reads its own partition and
+    the other partitions of its instance tree (a parent reads what its children published, as
+    the SLAP client does after a request), nothing else."""
+    if identity.trusted or (computer_id, partition_id) == (identity.computer_id, identity.partition_id):
+        return
+    if identity.kind != "partition":
+        require_partition(identity, computer_id, partition_id, what)  # refuses, with the anonymous' message
+    mine = _tree(conn, identity.computer_id, identity.partition_id)
+    if mine is None or _tree(conn, computer_id, partition_id) != mine:
+        raise Forbidden(
+            f"{what}: the credential of {identity} cannot read partition {partition_id} of {computer_id}: "
+            "it is not in its instance tree"
+        )
+
+
+class Access:
+    """Turns a WSGI environ into an `Identity`, stripping the credential from PATH_INFO."""
+
+    def __init__(self, mode: str, node_credential: str | None, db):
+        if mode not in MODES:
+            raise ValueError(f"access mode {mode!r}: use {' or '.join(MODES)}")
+        self.mode = mode
+        self.node_credential = node_credential
+        self.db = db
+        self._known: dict[str, tuple[int, Identity]] = {}  # credential hash -> (generation, identity)
+        self._lock = threading.Lock()
+
+    @property
+    def credentials(self) -> bool:
+        return self.mode == CREDENTIALS_MODE
+
+    def resolve(self, environ: dict) -> Identity:
+        path = environ.get("PATH_INFO") or "/"
+        if not path.startswith(PREFIX):
+            return ANONYMOUS if self.credentials else OPEN
+        credential, _, rest = path[len(PREFIX):].partition("/")
+        # the endpoint is what follows the credential (which so stays out of the endpoint logged)
+        environ["PATH_INFO"] = "/" + rest
+        if not _CREDENTIAL.match(credential):
+            raise Forbidden("malformed credential in the URL: use the master_url you were given")
+        if self.node_credential and hmac.compare_digest(credential, self.node_credential):
+            return NODE
+        identity = self._partition(credential_hash(credential))
+        if identity is None:
+            raise Forbidden("unknown or revoked credential: the partition it belonged to was freed, or it never existed")
+        return identity
+
+    def _partition(self, digest: str) -> Identity | None:
+        generation = self.db.generation
+        known = self._known.get(digest)
+        if known is not None and known[0] == generation:
+            return known[1]
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT computer_reference, reference FROM partition "
+                "WHERE credential_hash = ? AND slap_state = 'busy'",
+                (digest,),
+            ).fetchone()
+        if row is None:
+            return None  # unknown credentials are not remembered: guesses must not fill memory
+        identity = Identity("partition", row[0], row[1])
+        with self._lock:
+            if len(self._known) >= _CACHE_MAX:
+                self._known.clear()
+            self._known[digest] = (generation, identity)
+        return identity
+
+
+def issue(conn: sqlite3.Connection, computer_id: str, partition_id: str) -> None:
+    """Give a partition a fresh credential (on allocation): whatever a former tenant of the
+    partition kept of the previous one is dead from now on."""
+    credential = new_credential()
+    conn.execute(
+        "UPDATE partition SET credential = ?, credential_hash = ? WHERE computer_reference = ? AND reference = ?",
+        (credential, credential_hash(credential), computer_id, partition_id),
+    )
+
+
+def issue_missing(conn: sqlite3.Connection) -> int:
+    """Credentials for busy partitions that have none (a database from before credentials)."""
+    rows = conn.execute(
+        "SELECT computer_reference, reference FROM partition WHERE slap_state = 'busy' AND credential IS NULL"
+    ).fetchall()
+    for computer_id, partition_id in rows:
+        issue(conn, computer_id, partition_id)
+    return len(rows)
