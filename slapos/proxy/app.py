@@ -12,6 +12,7 @@ import logging
 import secrets
 import sqlite3
 import string
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +25,24 @@ from .cache import CacheServer
 from .config import ProxyConfig
 from .db import Database
 from .errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError, UnsupportedMediaType
+from .metrics import RequestMetrics
 from .values import normalise_params
 
 log = logging.getLogger("slapos.proxy")
 
 XML = "text/xml; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
+HTML = "text/html; charset=utf-8"
+JSON = "application/json"
+# the dashboard's pages: same origin only, no inline script or style, never framed, no referrer
+# (an instance page's URL may carry ?secrets=1)
+HTML_HEADERS = (
+    ("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+)
 MAX_FIELDS = 64
 CERTIFICATE = b"<marshal><dictionary id=\"i2\"><string>certificate</string><string></string>" \
     b"<string>key</string><string></string></dictionary></marshal>"
@@ -232,8 +245,19 @@ class ProxyApp:
             "softwareInstanceRename": (post, self.instance_rename),
             # proxy only
             "getRunId": (get, lambda req: text(self.run_id)),
+            "reportNodeStatus": (post, self.node_status_report),
             "": (get, self.index),
+            # operators: dashboard, machine-readable status, Prometheus metrics (slapos/proxy/dashboard.py)
+            "dashboard": (get, self.page("overview")),
+            "dashboard/computer": (get, self.page("computer")),
+            "dashboard/instance": (get, self.page("instance")),
+            "dashboard/static/dashboard.css": (get, self.static("dashboard.css")),
+            "dashboard/static/dashboard.js": (get, self.static("dashboard.js")),
+            "status.json": (get, self.status_json),
+            "metrics": (get, self.metrics_text),
         }
+        self.requests = RequestMetrics(set(self.routes) | {"shacache"})  # .worker set by server.py
+        self._dashboard = None
 
     def mount(self, prefix: str, app: Callable) -> None:
         self.mounts.append(("/" + prefix.strip("/") + "/", app))
@@ -243,12 +267,22 @@ class ProxyApp:
 
     # -- WSGI ------------------------------------------------------------------------------------
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        started = time.perf_counter()
         path = environ.get("PATH_INFO") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
         for prefix, app in self.mounts:
             if path.startswith(prefix):
-                return app(environ, start_response)
+                answer: list[str] = []
+
+                def counted(status, headers, exc_info=None):
+                    answer.append(status)
+                    return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+                result = app(environ, counted)
+                self.requests.observe(prefix.strip("/"), method, answer[0] if answer else "500",
+                                      time.perf_counter() - started)
+                return result
         endpoint = path[1:] if path.startswith("/") else path
-        method = environ.get("REQUEST_METHOD", "GET")
         try:
             response = self.dispatch(environ, endpoint, method)
         except ProxyError as e:
@@ -271,6 +305,7 @@ class ProxyApp:
         headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body)))]
         headers.extend(response.headers)
         start_response(response.status, headers)
+        self.requests.observe(endpoint, method, response.status, time.perf_counter() - started)
         return [response.body]
 
     def dispatch(self, environ: dict, endpoint: str, method: str) -> Response:
@@ -332,10 +367,58 @@ class ProxyApp:
 
     # -- computer side ------------------------------------------------------------------------------
     def index(self, req: Request) -> Response:
+        if "text/html" in req.environ.get("HTTP_ACCEPT", ""):  # a browser: the dashboard
+            return Response(b"see /dashboard", "303 See Other", headers=(("Location", "/dashboard"),))
         return text(
             f"slapproxy (slapnode): SLAP master of computer {self.config.computer_id}; "
             "point [slapos] master_url here and see `slapos proxy show`"
         )
+
+    # -- operators ----------------------------------------------------------------------------------
+    def page(self, name: str) -> Callable[[Request], Response]:
+        def handler(req: Request) -> Response:
+            from .dashboard import Dashboard
+
+            if self._dashboard is None:
+                self._dashboard = Dashboard(self.db, self.config.computer_id)
+            status, body = getattr(self._dashboard, name)(req.fields)
+            return Response(body, status, HTML, HTML_HEADERS)
+
+        return handler
+
+    def static(self, name: str) -> Callable[[Request], Response]:
+        def handler(req: Request) -> Response:
+            from .dashboard import static_file
+
+            body, kind = static_file(name)
+            return Response(body, content_type=kind, headers=(("Cache-Control", "max-age=300"),
+                                                             ("X-Content-Type-Options", "nosniff")))
+
+        return handler
+
+    def status_json(self, req: Request) -> Response:
+        from .dashboard import status_json
+
+        return Response(status_json(self.db), content_type=JSON, headers=(("Cache-Control", "no-store"),))
+
+    def metrics_text(self, req: Request) -> Response:
+        from slapos.base.promtext import CONTENT_TYPE
+
+        from .dashboard import metrics_text
+
+        return Response(metrics_text(self.db, self.requests), content_type=CONTENT_TYPE)
+
+    def node_status_report(self, req: Request) -> Response:
+        """A node's partition status after its run (`slapos node instance` posts it; optional)."""
+        from .nodestatus import store_report
+
+        computer_id, document = req.reference("computer_id"), req.field("status_json")
+        with self.db.write(documents=False) as conn:
+            try:
+                count = store_report(conn, computer_id, document, self.config.computer_id)
+            except ValueError as e:
+                raise BadRequest(f"{req.endpoint}: {e}") from None
+        return text(f"OK {count}")
 
     def get_full_computer_information(self, req: Request) -> Response:
         computer_id = req.reference("computer_id")

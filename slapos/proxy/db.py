@@ -121,6 +121,15 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX slave_host ON slave (computer_reference, hosted_by)",
     ],
+    # 2 → 3: the partition status each node posts after its runs (promises, back-off), for the
+    # dashboard and /status.json; `document` is the JSON list of partition records (statusdoc)
+    [
+        """CREATE TABLE node_status (
+            computer_reference TEXT PRIMARY KEY,
+            received_at REAL NOT NULL,
+            document TEXT NOT NULL
+        )""",
+    ],
 ]
 
 SCHEMA_VERSION = 1 + len(MIGRATIONS)

@@ -432,6 +432,7 @@ def _serve_worker(config: ProxyConfig, reserved: list[socket.socket], ready: int
 
     app = make_app(config, Database.open(config.database, shared=True))
     app.run_id = run_id
+    app.requests.worker = index  # its request counters are its own: a label keeps them apart
     try:
         sockets = listen_like(reserved)
         for sock in reserved:  # the supervisor's; this process only needs its own
