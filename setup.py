@@ -17,6 +17,7 @@ setup(
     # import side by side with us inside one buildout process.
     packages=find_namespace_packages(include=["slapos", "slapos.*"]),
     include_package_data=True,
+    # proxy/templates/*.html and proxy/static/*.css|js: the dashboard, shipped in the package
     package_data={"": ["*.sql", "*.xsd", "*.cfg", "*.in", "*.json", "*.html", "*.css", "*.js", "*.sh"]},
     zip_safe=False,
     install_requires=[
@@ -38,6 +39,11 @@ setup(
             "pytest-xdist>=3",
             "hypothesis>=6",
             "ruff>=0.4",
+            # dashboard tests (docs/dashboard.md): a real headless Chromium (Debian's chromium and
+            # chromium-driver), axe-core for the accessibility check, html5lib for strict HTML parsing
+            "selenium>=4.10",
+            "axe-selenium-python>=2.1",
+            "html5lib>=1.1",
         ],
     },
     entry_points={

@@ -180,8 +180,9 @@ class Dashboard:
         }
 
     def _collect(self, secrets: bool) -> dict[str, Any]:
+        # every value is read; the pages mask what looks secret unless `secrets` (display_value)
         with self.db.read() as conn:
-            return status.collect(conn, secrets=secrets)
+            return status.collect(conn, secrets=True)
 
     def overview(self, query: dict[str, str]) -> tuple[str, bytes]:
         context = self._common(query, "/dashboard")
