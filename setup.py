@@ -18,7 +18,7 @@ setup(
     packages=find_namespace_packages(include=["slapos", "slapos.*"]),
     include_package_data=True,
     # proxy/templates/*.html and proxy/static/*.css|js: the dashboard, shipped in the package
-    package_data={"": ["*.sql", "*.xsd", "*.cfg", "*.in", "*.json", "*.html", "*.css", "*.js", "*.sh"]},
+    package_data={"": ["*.sql", "*.xsd", "*.cfg", "*.in", "*.json", "*.html", "*.css", "*.js", "*.svg", "*.sh"]},
     zip_safe=False,
     install_requires=[
         "zc.buildout>=5",

@@ -253,6 +253,7 @@ class ProxyApp:
             "dashboard/instance": (get, self.page("instance")),
             "dashboard/static/dashboard.css": (get, self.static("dashboard.css")),
             "dashboard/static/dashboard.js": (get, self.static("dashboard.js")),
+            "dashboard/static/favicon.svg": (get, self.static("favicon.svg")),
             "status.json": (get, self.status_json),
             "metrics": (get, self.metrics_text),
         }

@@ -26,7 +26,8 @@ from . import status
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
-STATIC_FILES = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
+STATIC_FILES = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8",
+                "favicon.svg": "image/svg+xml"}
 MASK = "••••••"
 SECRET_KEY = re.compile(r"pass|secret|key|token|private|credential|cert|auth|salt|hash|cookie", re.I)
 DEFAULT_REFRESH = 10  # seconds between two in-place refreshes of a page (dashboard.js)
@@ -115,11 +116,14 @@ def short_url(url: str | None, width: int = 60) -> str:
 def quantity(value: float | None, resource: str = "") -> str:
     if value is None:
         return "-"
-    if "memory" in resource or "disk" in resource:
+    kind = resource.lower()
+    if "memory" in kind or "disk" in kind:
         for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
             if abs(value) < 1024 or unit == "TiB":
                 return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
             value /= 1024
+    if "cpu" in kind:
+        return f"{value:g} s"
     return f"{value:g}"
 
 
