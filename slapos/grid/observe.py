@@ -3,7 +3,7 @@
 * Metrics: `<metrics_directory>/slapos-node-<kind>.prom` (kind = instance, software, report),
   written whole after each run (node_exporter's textfile collector reads `*.prom` there) and
   printed by `slapos node metrics`. `[slapos] metrics_directory` (default
-  `<instance_root>/../var/metrics`; empty: no file).
+  `<instance_root>/../var/metrics`; `off`: no file).
 * Status: after `slapos node instance`, the partition status document (slapos/base/statusdoc.py)
   is posted to the master's `reportNodeStatus` when it changed since the last post
   (`[slapos] report_status = auto`, the default; `yes` posts every run, `no` never). A master
@@ -41,7 +41,7 @@ def metrics_directory(settings) -> Path | None:
     value = config.get("slapos", "metrics_directory", None)
     if value is None:
         return default
-    return Path(value).expanduser() if value.strip() else None
+    return None if value.lower() in ("off", "no", "none", "false") else Path(value).expanduser()
 
 
 def _run_families(kind: str, seconds: float, exit_code: int) -> list[Family]:
@@ -190,7 +190,7 @@ def read_metrics(settings) -> str:
     """`slapos node metrics`: the files the last runs wrote, concatenated."""
     directory = metrics_directory(settings)
     if directory is None:
-        raise FileNotFoundError("metrics are off ([slapos] metrics_directory is empty)")
+        raise FileNotFoundError("metrics are off ([slapos] metrics_directory = off)")
     parts = []
     for kind in KINDS:
         try:
