@@ -273,7 +273,9 @@ class InstanceRun:
 
     def observed(self, exit_code: int) -> int:
         """Metrics and status for operators (grid/observe.py), still under the run lock."""
-        observe.after_instance_run(self.settings, time.monotonic() - self._run_began, exit_code)
+        s = self.summary
+        changed = bool(s.processed or s.checked or s.failed or s.promise_failed)
+        observe.after_instance_run(self.settings, time.monotonic() - self._run_began, exit_code, changed)
         return exit_code
 
     def random_delay(self) -> None:
