@@ -77,30 +77,31 @@ class RequestMetrics:
         return [requests, latency, start]
 
 
+# what the node said last: 'error' when its last error is newer than its last state report
+_REPORTED = ("CASE WHEN error_at IS NOT NULL AND (reported_at IS NULL OR error_at >= reported_at) THEN 'error' "
+             "ELSE coalesce(reported_state, 'none') END")
+
+
+def _by_state(conn: sqlite3.Connection, table: str, column: str):
+    """(computer, `column`, reported state, count) rows of `table` (partition or software)."""
+    return conn.execute(
+        f"SELECT computer_reference, {column}, {_REPORTED}, count(*) FROM {table} "  # noqa: S608 - fixed names
+        "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    ).fetchall()
+
+
 def database_families(conn: sqlite3.Connection) -> list[Family]:
     """Gauges of what the database holds, computed at scrape time."""
     partitions = Family("slapproxy_partitions", "gauge",
                         "Partitions by computer, slap state (free/busy) and state reported by the node "
                         "(started, stopped, error, none = not reported yet)")
-    for row in conn.execute(
-        """SELECT computer_reference, slap_state,
-             CASE WHEN error_at IS NOT NULL AND (reported_at IS NULL OR error_at >= reported_at) THEN 'error'
-                  ELSE coalesce(reported_state, 'none') END AS reported, count(*) AS n
-           FROM partition GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""
-    ):
-        partitions.add(row["n"], computer=row["computer_reference"], slap_state=row["slap_state"],
-                       reported_state=row["reported"])
+    for computer, slap_state, reported, n in _by_state(conn, "partition", "slap_state"):
+        partitions.add(n, computer=computer, slap_state=slap_state, reported_state=reported)
     software = Family("slapproxy_software_releases", "gauge",
                       "Software releases by computer, requested state and state reported by the node "
                       "(building, available, error, destroyed, none)")
-    for row in conn.execute(
-        """SELECT computer_reference, requested_state,
-             CASE WHEN error_at IS NOT NULL AND (reported_at IS NULL OR error_at >= reported_at) THEN 'error'
-                  ELSE coalesce(reported_state, 'none') END AS reported, count(*) AS n
-           FROM software GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""
-    ):
-        software.add(row["n"], computer=row["computer_reference"], requested_state=row["requested_state"],
-                     reported_state=row["reported"])
+    for computer, requested, reported, n in _by_state(conn, "software", "requested_state"):
+        software.add(n, computer=computer, requested_state=requested, reported_state=reported)
     shared = Family("slapproxy_shared_instances", "gauge", "Shared instances by requested state and whether a partition hosts them")
     for row in conn.execute(
         "SELECT requested_state, hosted_by IS NOT NULL AS hosted, count(*) AS n FROM slave GROUP BY 1, 2 ORDER BY 1, 2"

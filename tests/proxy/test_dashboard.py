@@ -56,7 +56,7 @@ def scenario(proxy):
     computer_id, web_id = proxy.computer_id, web.getId()
     cp = slap.registerComputerPartition(computer_id, web_id)
     cp.setConnectionDict({"url": "http://127.0.0.1:8180/", "password": "s3cret-conn",
-                          "backend": "https://admin:hunter2@127.0.0.1:9/"})
+                          "backend": "https://admin:hunter2@127.0.0.1:9/", "trap": "javascript:alert(1)"})
     cp.started()
     slap.registerComputerPartition(computer_id, evil.getId()).error("buildout failed\nlast line of the error")
     software = slap.registerComputer(computer_id)
@@ -109,6 +109,7 @@ def test_pages_show_the_scenario_and_mask_secrets(proxy, scenario):
     for secret in ("s3cret-conn", "s3cret-param", "hunter2"):
         assert secret not in page
     assert "https://admin:••••••@127.0.0.1:9/" in page
+    assert 'href="javascript' not in page and "javascript:alert(1)" in page  # shown as text, never a link
     assert "port 8180 does not answer" in page and "failing" in page
     assert "shared hi" in page  # the shared instance it hosts, with its parameters
 
