@@ -376,7 +376,7 @@ class ProxyApp:
             return Response(b"see /dashboard", "303 See Other", headers=(("Location", "/dashboard"),))
         return text(
             f"slapproxy (slapnode): SLAP master of computer {self.config.computer_id}; "
-            "point [slapos] master_url here and see `slapos proxy show`"
+            "point [slapos] master_url here; see `slapos proxy show` or /dashboard"
         )
 
     # -- operators ----------------------------------------------------------------------------------

@@ -53,6 +53,15 @@ def collect(conn: sqlite3.Connection, secrets: bool = False) -> dict[str, Any]:
         record["_show"] = row
         partitions.append(record)
     data["partitions"] = partitions
+    by_id = {(p["computer"], p["partition"]): p for p in partitions}
+
+    def annotate(nodes: list[dict[str, Any]]) -> None:  # the node's verdict on each instance of the trees
+        for node in nodes:
+            record = by_id.get((node["computer"], node["partition"])) if node["kind"] == "instance" else None
+            node["status"] = record["status"] if record is not None else None
+            annotate(node["children"])
+
+    annotate(data["tree"])
     return data
 
 
