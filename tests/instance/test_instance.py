@@ -181,7 +181,7 @@ def test_promise_failure_and_timeout(instance_node):
     assert state.last_error == "Promise 'param' failed with output: the service is not healthy"
     assert not node.partition(partition).timestamp_path.exists()
     results = {r["title"]: r for r in json.loads(node.slapos("node", "status", "--partitions", "--format",
-                                                                "json").stdout)[0]["promises"]}
+                                                                "json").stdout)["partitions"][0]["promises"]}
     assert results["param"]["failed"] and not results["check-plugin"]["failed"]
     assert results["check-plugin"]["message"] == f"plugin sees partition {partition}"
 
