@@ -4,10 +4,12 @@
   (cron, supervisord, a systemd unit) each line also carries the time, the level and the step,
   because nobody reads it live. Under systemd (JOURNAL_STREAM set) the journal keeps the time:
   the line does not repeat it.
-* Every record gets `step` (instance, software, promise, report, proxy, format... from the
-  logger's name) and `partition` (a partition id, or a software release name): from
-  `log_context(partition=..., step=...)` when a caller set one, else from the project's
-  convention of starting a line with "%s: " (partition id) or "[%s] " (software release).
+* Every record gets `step` and `partition` (a partition id, or a software release name), from
+  `log_context(partition=..., step=...)` when a caller set one, else: the step from the worker
+  thread that logs (the node's runs name their pools: build → buildout, activate → supervisord,
+  finish and promise → promise) or from the logger's name (instance, software, report, proxy,
+  format... or the command), the partition from the project's convention of starting a line
+  with "%s: " (partition id) or "[%s] " (software release).
 * `--log-format` (or SLAPNODE_LOG_FORMAT): `auto` (default: `plain` on a terminal, `text`
   elsewhere), `plain` (the message only), `text` (time, level, step, partition, message),
   `json` (one JSON object per line, console and log file, those fields apart, for log shippers).
@@ -55,7 +57,14 @@ def log_context(**fields: str) -> Iterator[None]:
         _context.reset(token)
 
 
-def _step(name: str) -> str:
+# worker threads of the node's runs (instance.py, software.py name their pools) → their step
+_THREAD_STEPS = {"build": "buildout", "activate": "supervisord", "finish": "promise", "promise": "promise"}
+
+
+def _step(name: str, thread: str = "") -> str:
+    step = _THREAD_STEPS.get(thread.partition("_")[0])
+    if step is not None:
+        return step
     parts = [p for p in name.split(".") if p not in ("slapos", "grid")]
     return parts[0] if parts else _command_step[0]
 
@@ -67,13 +76,14 @@ class ContextFilter(logging.Filter):
         if hasattr(record, "step"):
             return True
         context = _context.get() or {}
-        record.step = context.get("step") or _step(record.name)
-        partition = context.get("partition")
-        in_message = False
-        if partition is None and isinstance(record.msg, str) and record.args and isinstance(record.args, tuple):
+        record.step = context.get("step") or _step(record.name, record.threadName or "")
+        named = None  # the partition the message itself starts with
+        if isinstance(record.msg, str) and record.args and isinstance(record.args, tuple):
             first = record.args[0]
             if isinstance(first, str) and _ID.match(first) and record.msg.startswith(("%s: ", "[%s] ")):
-                partition, in_message = first, True
+                named = first
+        partition = context.get("partition") or named
+        in_message = named is not None and named == partition
         record.partition = partition
         record.partition_in_message = in_message
         record.where = f"{partition}: " if partition and not in_message else ""

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from slapos.base import logs
 from tests.conftest import REPO
@@ -58,12 +59,18 @@ def test_partition_and_step_on_every_line(tmp_path):
         with logs.log_context(partition="slappart3", step="promise"):
             logging.getLogger("slapos").warning("promise %s failed", "http")
         logging.getLogger("slapos.instance").info("partitions: %s", "1 processed")
+        with ThreadPoolExecutor(1, thread_name_prefix="build") as pool:  # as the node's buildout workers
+            pool.submit(logging.getLogger("slapos.instance").info, "%s: buildout done", "slappart1").result()
+        with logs.log_context(partition="slappart2"):
+            logging.getLogger("slapos.instance").info("%s: started", "slappart2")
         lines = [json.loads(x) for x in log_file.read_text().splitlines()]
         assert [(x["step"], x["partition"], x["message"]) for x in lines] == [
             ("instance", "slappart7", "running buildout"),
             ("software", "hello-web", "installing part"),
             ("promise", "slappart3", "promise http failed"),
             ("instance", None, "partitions: 1 processed"),
+            ("buildout", "slappart1", "buildout done"),
+            ("instance", "slappart2", "started"),
         ]
         logs.setup_logging(0, str(tmp_path / "text.log"), log_format="text")
         with logs.log_context(partition="slappart3"):
