@@ -24,6 +24,7 @@ def collect(conn: sqlite3.Connection, secrets: bool = False) -> dict[str, Any]:
     `proxy show` row (with parameters) for the dashboard, and is removed from /status.json."""
     data = show._collect(conn, ("computers", "software", "partitions", "slaves", "tree"), secrets)
     reports = {r.computer: r for r in latest_reports(conn)}
+    reported = {computer: report.by_partition() for computer, report in reports.items()}
     usage = latest_usage(conn)
     for computer in data["computers"]:
         report = reports.get(computer["reference"])
@@ -32,7 +33,7 @@ def collect(conn: sqlite3.Connection, secrets: bool = False) -> dict[str, Any]:
     partitions = []
     for row in data["partitions"]:
         computer, partition = row["computer"], row["partition"]
-        node = reports[computer].by_partition().get(partition) if computer in reports else None
+        node = reported.get(computer, {}).get(partition)
         record = statusdoc.partition_record(
             computer, partition,
             slap_state=row["slap_state"],
