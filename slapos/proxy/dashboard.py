@@ -183,14 +183,14 @@ class Dashboard:
             "usage_items": usage_items,
         }
 
-    def _collect(self, secrets: bool) -> dict[str, Any]:
+    def _collect(self) -> dict[str, Any]:
         # every value is read; the pages mask what looks secret unless `secrets` (display_value)
         with self.db.read() as conn:
             return status.collect(conn, secrets=True)
 
     def overview(self, query: dict[str, str]) -> tuple[str, bytes]:
         context = self._common(query, "/dashboard")
-        data = self._collect(context["secrets"])
+        data = self._collect()
         partitions = data["partitions"]
         counts = {
             "computers": len(data["computers"]),
@@ -206,7 +206,7 @@ class Dashboard:
     def computer(self, query: dict[str, str]) -> tuple[str, bytes]:
         reference = query.get("id", "")
         context = self._common(query, "/dashboard/computer")
-        data = self._collect(context["secrets"])
+        data = self._collect()
         found = [c for c in data["computers"] if c["reference"] == reference]
         if not found:
             return self._missing(f"No computer {reference!r} is registered with this proxy.", context)
@@ -218,7 +218,7 @@ class Dashboard:
     def instance(self, query: dict[str, str]) -> tuple[str, bytes]:
         computer, partition = query.get("computer", ""), query.get("partition", "")
         context = self._common(query, "/dashboard/instance")
-        data = self._collect(context["secrets"])
+        data = self._collect()
         found = [p for p in data["partitions"] if p["computer"] == computer and p["partition"] == partition]
         if not found:
             return self._missing(f"No partition {partition!r} on computer {computer!r}.", context)
