@@ -19,14 +19,12 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import datetime
-import json
 import logging
-import logging.handlers
 import os
 import re
 import sys
+import threading
+import time
 from collections.abc import Iterator
 
 CONSOLE_FORMAT = "%(message)s"
@@ -37,7 +35,9 @@ PLAIN_FORMAT = "%(asctime)s %(levelname)s %(step)s %(where)s%(message)s"
 JOURNAL_FORMAT = "%(levelname)s %(step)s %(where)s%(message)s"
 FORMATS = ("auto", "plain", "text", "json")
 
-_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("slapos_log_context", default=None)
+# every `slapos` run imports this module: json, datetime, contextvars and logging.handlers are
+# imported only when used (they cost ~7 ms together); the context is per thread
+_context = threading.local()
 _ID = re.compile(r"^[A-Za-z0-9_.@:-]{1,128}$")
 _format_choice = ["auto"]  # kept for later setup_logging calls (proxy and format re-open with a file)
 _command_step = ["slapos"]  # the step of lines logged by the generic "slapos" logger: the command's name
@@ -49,12 +49,13 @@ def set_command_step(name: str) -> None:
 
 @contextlib.contextmanager
 def log_context(**fields: str) -> Iterator[None]:
-    """Name the partition and/or step of every line logged inside (this thread or task)."""
-    token = _context.set({**(_context.get() or {}), **fields})
+    """Name the partition and/or step of every line logged inside (by this thread)."""
+    previous = getattr(_context, "fields", None)
+    _context.fields = {**(previous or {}), **fields}
     try:
         yield
     finally:
-        _context.reset(token)
+        _context.fields = previous
 
 
 # worker threads of the node's runs (instance.py, software.py name their pools) → their step
@@ -75,7 +76,7 @@ class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if hasattr(record, "step"):
             return True
-        context = _context.get() or {}
+        context = getattr(_context, "fields", None) or {}
         record.step = context.get("step") or _step(record.name, record.threadName or "")
         named = None  # the partition the message itself starts with
         if isinstance(record.msg, str) and record.args and isinstance(record.args, tuple):
@@ -106,13 +107,18 @@ class _TimeFormatter(logging.Formatter):
     """ISO 8601 local time with its offset: unambiguous in a log read days later."""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        return datetime.datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
+        local = time.localtime(record.created)
+        offset = time.strftime("%z", local)  # +0100 → +01:00
+        return (f"{time.strftime('%Y-%m-%dT%H:%M:%S', local)}.{int(record.msecs):03d}"
+                f"{offset[:3]}:{offset[3:]}")
 
 
 class JsonFormatter(_TimeFormatter):
     """One JSON object per line: time, level, logger, step, partition, message (+ exception)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        import json
+
         message = record.getMessage()
         partition = getattr(record, "partition", None)
         if partition and getattr(record, "partition_in_message", False):
@@ -175,7 +181,9 @@ def setup_logging(verbosity: int = 0, log_file: str | None = None, debug: bool =
     root.addHandler(console)
     root.setLevel(logging.DEBUG if log_file else level)
     if log_file:
-        file_handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
+        from logging.handlers import WatchedFileHandler
+
+        file_handler = WatchedFileHandler(log_file, encoding="utf-8")
         file_handler.setLevel(logging.DEBUG)
         file_handler.addFilter(context)
         file_handler.setFormatter(JsonFormatter() if chosen == "json" else _TimeFormatter(FILE_FORMAT))
