@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # quiet: the newcomer sees the project's output, not pip's (errors still show)
 PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input -q
 
-.PHONY: all install test lint demo demo-stop bench clean docs man typecheck
+.PHONY: all install test lint demo demo-stop bench clean docs man typecheck browser screenshots
 
 all: test
 
@@ -33,7 +33,7 @@ STAGE_DIR := $(shell $(PYTHON) tools/stage.py path)
 
 # the reference captures beside the checkout (../shared) stay where they are: tests find them
 # through SLAPNODE_CAPTURES
-install test lint demo bench docs man typecheck:
+install test lint demo bench docs man typecheck screenshots:
 	@$(PYTHON) tools/stage.py sync $(STAGE_WHY)
 	@captures="$$(cd .. && pwd)/shared/reference/captures"; \
 	  if [ -z "$$SLAPNODE_CAPTURES" ] && [ -d "$$captures" ]; then export SLAPNODE_CAPTURES="$$captures"; fi; \
@@ -46,7 +46,7 @@ demo-stop:
 
 clean:
 	@$(PYTHON) tools/stage.py clean
-	rm -rf $(VENV) build *.egg-info .pytest_cache docs/_build docs/reference/generated
+	rm -rf $(VENV) build *.egg-info .pytest_cache docs/_build docs/reference/generated test-artifacts
 
 else
 
@@ -64,8 +64,20 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The dashboard tests (pytest -m browser) drive Debian's headless Chromium. As root (CI) this
+# installs it; otherwise it says what is missing and those tests skip with the same reason.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else echo "chromium/chromium-driver missing: the browser tests will skip (as root: make browser)"; fi
+
+# Regenerate the dashboard screenshots of docs/dashboard.md (committed under docs/_static/).
+screenshots: $(STAMP) browser
+	SLAPNODE_SCREENSHOTS=$(CURDIR)/docs/_static $(BIN)/python -m pytest tests/dashboard -m browser -n 0
 
 lint: $(STAMP)
 	$(BIN)/ruff check slapos tests bench tools demo docs/_ext
@@ -81,7 +93,7 @@ bench: $(STAMP)
 
 clean:
 	@$(PYTHON) tools/stage.py clean  # a copy made while this checkout was not reachable
-	rm -rf $(VENV) build *.egg-info .pytest_cache docs/_build docs/reference/generated
+	rm -rf $(VENV) build *.egg-info .pytest_cache docs/_build docs/reference/generated test-artifacts
 
 docs: $(STAMP)
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html

@@ -451,6 +451,8 @@ def run_demo(args: argparse.Namespace, run: RunDir) -> int:
         SLAPOS_CLIENT_CONFIGURATION=str(run.config),
         PYTHONUNBUFFERED="1",
         PATH=os.pathsep.join([str(slapos.parent), env.get("PATH", "/usr/bin:/bin")]),
+        # a tutorial: the commands' lines as a terminal shows them (captured, they would carry timestamps)
+        SLAPNODE_LOG_FORMAT="plain",
     )
     session = Session(run, env)
 

@@ -13,6 +13,9 @@ _FIXTURE_MODULES = ["tests.fixtures.proxy", "tests.fixtures.node", "tests.fixtur
 pytest_plugins = [m for m in _FIXTURE_MODULES if importlib.util.find_spec(m) is not None]
 
 IS_ROOT = os.geteuid() == 0
+# The tests read `slapos`'s console lines as a person sees them on a terminal; a command whose
+# output is captured would otherwise log the timestamped `text` format (see slapos/base/logs.py).
+os.environ.setdefault("SLAPNODE_LOG_FORMAT", "plain")
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from slapos.base.errors import EXIT_FAILED, EXIT_USAGE, SlapOSError
-from slapos.base.logs import setup_logging
+from slapos.base.logs import FORMATS as LOG_FORMATS
+from slapos.base.logs import set_command_step, setup_logging
 
 from .command import Command
 
@@ -76,6 +78,11 @@ def _common_options() -> argparse.ArgumentParser:
                         help="start every console line with the time")
     common.add_argument("--log-color", "--log_color", dest="log_color", action="store_true", default=sup,
                         help="show warnings and errors in colour on the console")
+    common.add_argument(
+        "--log-format", dest="log_format", choices=LOG_FORMATS, default=sup,
+        help="auto (default: plain on a terminal, text elsewhere), plain (messages only), text (time, level, "
+             "step, partition), json (one object per line); also SLAPNODE_LOG_FORMAT",
+    )
     return common
 
 
@@ -92,7 +99,7 @@ def load_commands() -> list[Command]:
     return commands
 
 
-_VALUE_OPTIONS = {"--log-file", "--logfile", "--log_file"}
+_VALUE_OPTIONS = {"--log-file", "--logfile", "--log_file", "--log-format"}
 
 
 def select_command(commands: list[Command], argv: list[str]) -> Command | None:
@@ -173,7 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     args.extra = extra
     debug = getattr(args, "debug", False)
     verbosity = getattr(args, "verbose", 0) - getattr(args, "quiet", 0)
-    setup_logging(verbosity, getattr(args, "log_file", None), debug,
+    log_format = getattr(args, "log_format", None) or os.environ.get("SLAPNODE_LOG_FORMAT") or "auto"
+    if log_format not in LOG_FORMATS:
+        print(f"slapos: error: SLAPNODE_LOG_FORMAT={log_format!r} is not one of {', '.join(LOG_FORMATS)}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    set_command_step(command.path[-1])
+    setup_logging(verbosity, getattr(args, "log_file", None), debug, log_format,
                   time=getattr(args, "log_time", False), color=getattr(args, "log_color", False))
     args.debug = debug
     try:

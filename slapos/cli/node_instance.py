@@ -163,18 +163,30 @@ def run_status(args: argparse.Namespace) -> int:
         return _ctl(args, ["status"])
     import json
 
-    from slapos.grid.status import all_statuses, format_table
+    from slapos.grid.status import all_statuses, format_table, status_document
 
     _config, settings = node_settings(args, pidfile="pidfile_instance")
     statuses = all_statuses(settings)
-    if args.format == "json":
-        print(json.dumps([s.to_dict() for s in statuses], indent=2, sort_keys=True))
+    if args.format == "json":  # the status vocabulary, as the proxy's /status.json (docs/dashboard.md)
+        print(json.dumps(status_document(settings.computer_id, statuses), indent=2))
     else:
         import sys
 
         from slapos.base.table import terminal_width
 
         print(format_table(statuses, width=terminal_width(sys.stdout)))
+    return 0
+
+
+def run_metrics(args: argparse.Namespace) -> int:
+    from slapos.base.errors import SlapOSError
+    from slapos.grid.observe import read_metrics
+
+    _config, settings = node_settings(args, pidfile="pidfile_instance")
+    try:
+        print(read_metrics(settings), end="")
+    except FileNotFoundError as e:
+        raise SlapOSError(str(e)) from None
     return 0
 
 
@@ -202,6 +214,12 @@ COMMANDS = [
             description="Without options: supervisorctl's status lines '<partition>:<program>  STATE  ...'. "
                         "With --partitions: the node's view of each partition (table or --format json).",
             run=run_status, arguments=status_arguments, passthrough=True),
+    Command(path=("node", "metrics"), help="print the node's Prometheus metrics (written after each run)",
+            description="Print the metrics the last `slapos node instance`, `software` and `report` runs wrote "
+                        "to [slapos] metrics_directory (default <instance_root>/../var/metrics), in the "
+                        "Prometheus text format: point node_exporter's textfile collector at that directory "
+                        "(docs/dashboard.md).",
+            run=run_metrics, arguments=ctl_arguments),
     Command(path=("node", "start"), help="start programs: 'slapos node start slappart0:*' (supervisorctl start)",
             run=_verb("start"), arguments=ctl_arguments, passthrough=True),
     Command(path=("node", "stop"), help="stop programs: 'slapos node stop all' (supervisorctl stop)",

@@ -46,7 +46,12 @@ def report(args: argparse.Namespace) -> int:
         log.info("waiting %.0f s before reporting (use --now to start at once)", delay)
         time.sleep(delay)
     with RunLock(settings.pidfile_report, "slapos node report"):
-        return ReportRun(settings).run().exit_code
+        from slapos.grid import observe
+
+        started = time.monotonic()
+        result = ReportRun(settings).run()
+        observe.after_report_run(settings, time.monotonic() - started, result.exit_code, result.journal)
+        return result.exit_code
 
 
 def bang(args: argparse.Namespace) -> int:

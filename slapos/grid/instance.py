@@ -42,7 +42,7 @@ from typing import Any
 from slapos.base.errors import EXIT_FAILED, EXIT_OFFLINE, EXIT_OK, EXIT_PROMISE_FAILED, SlapOSError
 from slapos.base.safetext import UnsafeValue, buildout_value
 
-from . import backoff
+from . import backoff, observe
 from .lock import RunLock
 from .partition import Partition, PartitionError, PartitionState, software_directory, truncate
 
@@ -277,6 +277,7 @@ class InstanceRun:
         self._seen_supervisord: set[str] = set()
         self._supervisord_checked = True
         self._remembered: str | None = None  # the identity already in supervisord.checked
+        self._run_began = time.monotonic()
 
     # -- the run, top to bottom --------------------------------------------------------------------
     def run(self) -> int:
@@ -287,7 +288,7 @@ class InstanceRun:
             except Exception as e:
                 if not _is_offline_error(e):
                     raise
-                return self.offline(e)
+                return self.observed(self.offline(e))
             jobs = self.plan(desired)
             try:
                 self.process([j for j in jobs if j.step is Step.PROCESS])
@@ -296,7 +297,14 @@ class InstanceRun:
                 self.close()
             self.remember_supervisord()
             self.log_summary(jobs)
-            return self.summary.exit_code
+            return self.observed(self.summary.exit_code)
+
+    def observed(self, exit_code: int) -> int:
+        """Metrics and status for operators (grid/observe.py), still under the run lock."""
+        s = self.summary
+        changed = bool(s.processed or s.checked or s.failed or s.promise_failed)
+        observe.after_instance_run(self.settings, time.monotonic() - self._run_began, exit_code, changed)
+        return exit_code
 
     def random_delay(self) -> None:
         delay = self.options.maximal_delay

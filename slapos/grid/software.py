@@ -26,6 +26,8 @@ from pathlib import Path
 
 from slapos.base.errors import ConfigError, SlapOSError
 
+from . import observe
+
 logger = logging.getLogger("slapos.software")
 
 COMPLETED = ".completed"
@@ -579,6 +581,7 @@ def run_software(settings, options: SoftwareOptions) -> int:
         logger.info("sleeping %.0f s (maximal_delay; --now to skip)", delay)
         time.sleep(delay)
     with RunLock(settings.pidfile_software, "slapos node software"):
+        started = time.monotonic()
         releases = fetch_software_list(settings)
         if not Path(settings.software_root).is_dir():
             Path(settings.software_root).mkdir(parents=True, mode=0o755)
@@ -592,8 +595,10 @@ def run_software(settings, options: SoftwareOptions) -> int:
         finally:
             agent.close()
             _restore_termination_handler(previous)
+        code = 1 if any(o.failed for o in outcomes) else 0
+        observe.after_software_run(settings, time.monotonic() - started, code, outcomes)
     summarize(outcomes)
-    return 1 if any(o.failed for o in outcomes) else 0
+    return code
 
 
 def _install_termination_handler():

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Any
+
+from slapos.base import statusdoc
 
 from .partition import Partition, PartitionError
 from .promise import PromiseRunner
@@ -19,6 +22,8 @@ class PartitionStatus:
     requested_state: str | None
     status: str  # new | ok | error | promise-error | waiting
     software_release_url: str | None
+    software_type: str | None
+    reported_state: str | None  # last state told to the master
     last_error: str | None
     failures: int
     next_retry: float | None
@@ -41,10 +46,33 @@ class PartitionStatus:
             return "-"
         return f"until {time.strftime('%H:%M:%S', time.localtime(self.next_retry))} ({self.failures} failures)"
 
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["promise_summary"] = self.promise_summary
-        return data
+    def to_record(self, computer_id: str | None) -> dict[str, Any]:
+        """This partition in the status vocabulary shared with the proxy (slapos/base/statusdoc.py)."""
+        return statusdoc.partition_record(
+            computer_id, self.partition_id,
+            software_release=self.software_release_url,
+            software_type=self.software_type,
+            requested_state=self.requested_state,
+            reported_state=self.reported_state,
+            status=self.status,
+            last_error=self.last_error,
+            last_attempt=statusdoc.iso(self.last_attempt),
+            last_success=statusdoc.iso(self.last_success),
+            timestamp=self.timestamp,
+            backoff={"failures": self.failures, "next_retry": statusdoc.iso(self.next_retry)},
+            promises=self.promises,
+        )
+
+
+def status_document(computer_id: str | None, statuses: list[PartitionStatus]) -> dict[str, Any]:
+    """`slapos node status --partitions --format json`, and what the node posts to the proxy."""
+    return {
+        "schema": statusdoc.SCHEMA,
+        "source": "node",
+        "computer": computer_id,
+        "generated_at": statusdoc.iso(time.time()),
+        "partitions": [s.to_record(computer_id) for s in statuses],
+    }
 
 
 def partition_ids(settings) -> list[str]:
@@ -77,7 +105,7 @@ def partition_status(settings, partition_id: str, now: float | None = None) -> P
     results = PromiseRunner(settings, partition).stored_results()
     promises = [
         {"title": r.title, "failed": r.failed, "message": r.message,
-         "date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r.date)) if r.date else None}
+         "date": statusdoc.iso(r.date) if r.date else None}
         for r in results
     ]
     return PartitionStatus(
@@ -85,6 +113,8 @@ def partition_status(settings, partition_id: str, now: float | None = None) -> P
         requested_state=state.requested_state,
         status=status,
         software_release_url=state.software_release_url,
+        software_type=state.software_type,
+        reported_state=state.reported,
         last_error=state.last_error,
         failures=state.failures,
         next_retry=state.next_retry,

@@ -36,6 +36,9 @@ from .errors import Forbidden
 log = logging.getLogger("slapos.proxy")
 
 OPEN_MODE, CREDENTIALS_MODE = "open", "credentials"
+# the environ key holding the credential prefix a call came with (`/c/<credential>`): pages that
+# link to the proxy itself (the dashboard) keep it in their links
+BASE_KEY = "slapnode.base"
 MODES = (OPEN_MODE, CREDENTIALS_MODE)
 _CACHE_MAX = 4096
 
@@ -158,6 +161,7 @@ class Access:
         credential, _, rest = path[len(PREFIX):].partition("/")
         # the endpoint is what follows the credential (which so stays out of the endpoint logged)
         environ["PATH_INFO"] = "/" + rest
+        environ[BASE_KEY] = PREFIX + credential
         if not _CREDENTIAL.match(credential):
             raise Forbidden("malformed credential in the URL: use the master_url you were given")
         if self.node_credential and hmac.compare_digest(credential, self.node_credential):

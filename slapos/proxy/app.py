@@ -12,6 +12,7 @@ import logging
 import secrets
 import sqlite3
 import string
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from urllib.parse import parse_qsl
 from slapos.slap import wire
 
 from . import access, allocation, computers, documents, identity, ownership
-from .access import ANONYMOUS, OPEN, Identity, require_node, require_partition
+from .access import ANONYMOUS, BASE_KEY, OPEN, Identity, require_node, require_partition
 from .cache import CacheServer
 from .config import ProxyConfig
 from .db import Database
@@ -34,12 +35,24 @@ from .errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from .metrics import RequestMetrics
 from .values import normalise_params
 
 log = logging.getLogger("slapos.proxy")
 
 XML = "text/xml; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
+HTML = "text/html; charset=utf-8"
+JSON = "application/json"
+# the dashboard's pages: same origin only, no inline script or style, never framed, no referrer
+# (an instance page's URL may carry ?secrets=1)
+HTML_HEADERS = (
+    ("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+)
 MAX_FIELDS = 64
 CERTIFICATE = b"<marshal><dictionary id=\"i2\"><string>certificate</string><string></string>" \
     b"<string>key</string><string></string></dictionary></marshal>"
@@ -266,8 +279,20 @@ class ProxyApp:
             "getRunId": (get, lambda req: text(self.run_id)),
             "getHateoasUrl": (get, self.hateoas_url),
             "hateoas": (get, lambda req: Response(b"", "308 Permanent Redirect", headers=(("Location", "/hateoas/"),))),
+            "reportNodeStatus": (post, self.node_status_report),
             "": (get, self.index),
+            # operators: dashboard, machine-readable status, Prometheus metrics (slapos/proxy/dashboard.py)
+            "dashboard": (get, self.page("overview")),
+            "dashboard/computer": (get, self.page("computer")),
+            "dashboard/instance": (get, self.page("instance")),
+            "dashboard/static/dashboard.css": (get, self.static("dashboard.css")),
+            "dashboard/static/dashboard.js": (get, self.static("dashboard.js")),
+            "dashboard/static/favicon.svg": (get, self.static("favicon.svg")),
+            "status.json": (get, self.status_json),
+            "metrics": (get, self.metrics_text),
         }
+        self.requests = RequestMetrics(set(self.routes) | {"shacache"})  # .worker set by server.py
+        self._dashboard = None
 
     def mount(self, prefix: str, app: Callable) -> None:
         self.mounts.append(("/" + prefix.strip("/") + "/", app))
@@ -277,6 +302,7 @@ class ProxyApp:
 
     # -- WSGI ------------------------------------------------------------------------------------
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        started = time.perf_counter()
         method = environ.get("REQUEST_METHOD", "GET")
         refusal: ProxyError | None = None
         try:
@@ -293,7 +319,7 @@ class ProxyApp:
                 if method not in ("GET", "HEAD") and not identity.trusted:
                     refusal = Forbidden(f"{method} {prefix}: only the node may store into this binary cache")
                     break
-                return app(environ, start_response)
+                return self._counted(prefix.strip("/"), app, environ, start_response, started)
         endpoint = path[1:] if path.startswith("/") else path
         try:
             if refusal is not None:
@@ -319,7 +345,21 @@ class ProxyApp:
         headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body)))]
         headers.extend(response.headers)
         start_response(response.status, headers)
+        self.requests.observe(endpoint, method, response.status, time.perf_counter() - started)
         return [response.body]
+
+    def _counted(self, name: str, app: Callable, environ: dict, start_response: Callable, started: float):
+        """A mounted application's answer, counted in the request metrics like ours."""
+        answer: list[str] = []
+
+        def counted(status, headers, exc_info=None):
+            answer.append(status)
+            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+        result = app(environ, counted)
+        self.requests.observe(name, environ.get("REQUEST_METHOD", "GET"), answer[0] if answer else "500",
+                              time.perf_counter() - started)
+        return result
 
     def dispatch(self, environ: dict, endpoint: str, method: str, identity: Identity = OPEN) -> Response:
         route = self.routes.get(endpoint)
@@ -380,15 +420,68 @@ class ProxyApp:
 
     # -- computer side ------------------------------------------------------------------------------
     def index(self, req: Request) -> Response:
+        if "text/html" in req.environ.get("HTTP_ACCEPT", ""):  # a browser: the dashboard
+            return Response(b"see /dashboard", "303 See Other", headers=(("Location", "/dashboard"),))
         return text(
             f"slapproxy (slapnode): SLAP master of computer {self.config.computer_id}; "
-            "point [slapos] master_url here and see `slapos proxy show`"
+            "point [slapos] master_url here; see `slapos proxy show` or /dashboard"
         )
 
     def hateoas_url(self, req: Request) -> Response:
         env = req.environ
         host = env.get("HTTP_HOST") or f"{env.get('SERVER_NAME', 'localhost')}:{env.get('SERVER_PORT', '')}"
         return text(f"{env.get('wsgi.url_scheme', 'http')}://{host}/hateoas/")
+
+    # -- operators ----------------------------------------------------------------------------------
+    def page(self, name: str) -> Callable[[Request], Response]:
+        def handler(req: Request) -> Response:
+            from .dashboard import Dashboard
+
+            # with access = credentials, every instance's parameters are the node's to read
+            require_node(req.identity, req.endpoint)
+            if self._dashboard is None:
+                self._dashboard = Dashboard(self.db, self.config.computer_id)
+            status, body = getattr(self._dashboard, name)(req.fields, base=req.environ.get(BASE_KEY, ""))
+            return Response(body, status, HTML, HTML_HEADERS)
+
+        return handler
+
+    def static(self, name: str) -> Callable[[Request], Response]:
+        def handler(req: Request) -> Response:
+            from .dashboard import static_file
+
+            body, kind = static_file(name)
+            return Response(body, content_type=kind, headers=(("Cache-Control", "max-age=300"),
+                                                             ("X-Content-Type-Options", "nosniff")))
+
+        return handler
+
+    def status_json(self, req: Request) -> Response:
+        from .dashboard import status_json
+
+        require_node(req.identity, req.endpoint)
+        return Response(status_json(self.db), content_type=JSON, headers=(("Cache-Control", "no-store"),))
+
+    def metrics_text(self, req: Request) -> Response:
+        from slapos.base.promtext import CONTENT_TYPE
+
+        require_node(req.identity, req.endpoint)
+        from .dashboard import metrics_text
+
+        return Response(metrics_text(self.db, self.requests), content_type=CONTENT_TYPE)
+
+    def node_status_report(self, req: Request) -> Response:
+        """A node's partition status after its run (`slapos node instance` posts it; optional)."""
+        from .nodestatus import store_report
+
+        computer_id, document = req.reference("computer_id"), req.field("status_json")
+        require_node(req.identity, req.endpoint)
+        with self.db.write(documents=False) as conn:
+            try:
+                count = store_report(conn, computer_id, document, self.config.computer_id)
+            except ValueError as e:
+                raise BadRequest(f"{req.endpoint}: {e}") from None
+        return text(f"OK {count}")
 
     def get_full_computer_information(self, req: Request) -> Response:
         computer_id = req.reference("computer_id")

@@ -133,7 +133,8 @@ def _warn_unsupported(cfg: Config) -> None:
         if section.startswith("multimaster/"):
             log.warning("[%s] ignored: this proxy does not forward requests to other masters", section)
     if cfg.has("slapproxy", "public_directory_path"):
-        log.warning("[slapproxy] public_directory_path ignored: this proxy serves no web panel nor public files")
+        log.warning("[slapproxy] public_directory_path ignored: this proxy serves no public files "
+                    "(its own dashboard is at /dashboard)")
     if cfg.has("slapproxy", "workers"):
         log.warning("[slapproxy] workers ignored: the proxy runs one process (raise threads instead)")
     root = cfg.get("slapproxy", "local_software_release_root", "/")

@@ -123,6 +123,15 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE partition ADD COLUMN credential_hash TEXT",
         "CREATE UNIQUE INDEX partition_credential ON partition (credential_hash) WHERE credential_hash IS NOT NULL",
     ],
+    # 3 → 4: the partition status each node posts after its runs (promises, back-off), for the
+    # dashboard and /status.json; `document` is the JSON list of partition records (statusdoc)
+    [
+        """CREATE TABLE node_status (
+            computer_reference TEXT PRIMARY KEY,
+            received_at REAL NOT NULL,
+            document TEXT NOT NULL
+        )""",
+    ],
 ]
 
 SCHEMA_VERSION = 1 + len(MIGRATIONS)

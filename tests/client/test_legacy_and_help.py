@@ -35,12 +35,13 @@ def test_help_for_every_command():
             paths.append(path)
 
     walk(parser, ())
-    for command in ("request", "supply", "remove", "list", "info", "console", "complete"):
+    for command in ("request", "supply", "remove", "list", "info", "console", "completion", "complete"):
         assert (command,) in paths
+    aliases = {("complete",): ("completion",)}  # an alias shows the usage of its command
     for path in sorted(set(paths)):
         result = run(slapos_argv(*path, "--help"))
         assert result.returncode == 0, (path, result.stderr)
-        assert result.stdout.startswith(f"usage: slapos {' '.join(path)}"), path
+        assert result.stdout.startswith(f"usage: slapos {' '.join(aliases.get(path, path))}"), path
 
 
 def test_unknown_commands_and_options_are_one_line_exit_5():

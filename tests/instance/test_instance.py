@@ -88,8 +88,11 @@ def test_started_and_stopped_partitions(instance_node):
     assert any(x[:2] == [f"{other}:idle-on-watch", "STOPPED"] for x in lines)
     result = node.slapos("node", "status", "--partitions", "--format", "json")
     assert result.returncode == 0, result.stderr
-    statuses = {s["partition_id"]: s for s in json.loads(result.stdout)}
-    assert statuses[web]["status"] == "ok" and statuses[web]["promise_summary"] == "1/1 ok"
+    document = json.loads(result.stdout)
+    assert document["schema"] == "slapnode.status/1" and document["computer"] == node.computer_id
+    statuses = {s["partition"]: s for s in document["partitions"]}
+    assert statuses[web]["status"] == "ok" and statuses[web]["reported_state"] == "started"
+    assert [(p["title"], p["failed"]) for p in statuses[web]["promises"]] == [("http", False)]
     assert statuses[other]["requested_state"] == "stopped"
     table = node.slapos("node", "status", "--partitions").stdout
     assert "PARTITION" in table and web in table
@@ -178,7 +181,7 @@ def test_promise_failure_and_timeout(instance_node):
     assert state.last_error == "Promise 'param' failed with output: the service is not healthy"
     assert not node.partition(partition).timestamp_path.exists()
     results = {r["title"]: r for r in json.loads(node.slapos("node", "status", "--partitions", "--format",
-                                                                "json").stdout)[0]["promises"]}
+                                                                "json").stdout)["partitions"][0]["promises"]}
     assert results["param"]["failed"] and not results["check-plugin"]["failed"]
     assert results["check-plugin"]["message"] == f"plugin sees partition {partition}"
 
