@@ -238,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     install_parse_hook()
     find_eggs_offline()
     allow_non_string_values()
+    # recipes of the release get its own `slapos.*` modules (its slapos.core), not ours
+    from slapos.grid import release_first
+
+    release_first.install()
     import zc.buildout.buildout as zc_buildout
 
     zc_buildout.Buildout._maybe_upgrade = _no_upgrade

@@ -195,6 +195,20 @@ def _run_ecosystem(cls, module, path: str, mode: str, config: dict) -> dict:
     return {**result, "failed": bool(item.hasFailed()), "message": str(item.message or "")}
 
 
+def release_first() -> None:
+    """Make the software release's `slapos.*` modules win over ours in this process (see
+    slapos/grid/release_first.py, loaded by file name: nothing of our package is imported)."""
+    name = "_slapnode_release_first"
+    if name in sys.modules:
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(here, "release_first.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    module.install(forget=__name__ == "__main__")
+
+
 def run_plugin(path: str, mode: str, timeout: float, config: dict) -> dict:
     """Load and run one plugin; the result dict the node stores."""
     title = config.get("title") or os.path.splitext(os.path.basename(path))[0]
@@ -239,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.config:
         key, _, value = item.partition("=")
         config[key] = value
+    release_first()
     out = sys.stdout
     sys.stdout = sys.stderr  # a plugin's prints must not mix with the result line
     result = run_plugin(args.path, args.mode, args.timeout, config)

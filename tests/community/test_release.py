@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 
+from tests.conftest import wait_for
 from tests.fixtures.proxy import free_port
 
 from .conftest import RELEASE
@@ -17,8 +18,9 @@ from .conftest import RELEASE
 pytestmark = [pytest.mark.registry, pytest.mark.slow]
 
 
-def connection(node, url: str, title: str) -> dict:
-    cp = node.proxy.connect().registerOpenOrder().request(url, title)
+def connection(node, url: str, title: str, parameters: dict) -> dict:
+    """The published parameters (asked the way a user does: the same request again)."""
+    cp = node.proxy.connect().registerOpenOrder().request(url, title, partition_parameter_kw=parameters)
     return cp.getConnectionParameterDict()
 
 
@@ -32,9 +34,10 @@ def test_community_release_deploys_and_its_toolbox_plugin_judges(community_node)
     node, url, software = community_node
     assert (software / "instance.cfg").is_file()
     port = free_port()
-    partition = node.request(url, "hello", {"port": str(port)})
+    parameters = {"port": str(port)}
+    partition = node.request(url, "hello", parameters)
     assert node.instance() == 0, node.partition(partition).log_path.read_text()[-3000:]
-    published = connection(node, url, "hello")
+    published = connection(node, url, "hello", parameters)
     assert published["url"] == f"http://127.0.0.1:{port}/"
     assert len(published["password"]) >= 12
     with urllib.request.urlopen(published["url"], timeout=10) as response:
@@ -55,3 +58,19 @@ def test_community_release_deploys_and_its_toolbox_plugin_judges(community_node)
     assert "ConnectionRefusedError" in result.stdout + result.stderr
     status = json.loads((path / ".slapgrid/promise/result/http-listening.status.json").read_text())
     assert status["result"]["failed"] is True
+
+    # open again: the plugin passes, `slapos node promise` exits 0
+    node.supervisor().start_partition(partition)
+    wait_for(lambda: _answers(published["url"]), timeout=30)
+    result = node.slapos("node", "promise")
+    assert result.returncode == 0, result.stdout + result.stderr
+    status = json.loads((path / ".slapgrid/promise/result/http-listening.status.json").read_text())
+    assert status["result"]["failed"] is False
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
