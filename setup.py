@@ -30,6 +30,9 @@ setup(
         "psutil>=5.9",
         "jinja2>=3.0",
         "cryptography>=41",
+        # the request schemas of software releases ($ref, allOf/oneOf, pattern, ...); imported
+        # only by `slapos request` with a parameters file
+        "jsonschema>=4.18",
     ],
     extras_require={
         "test": [
