@@ -132,3 +132,42 @@ def test_runner_drives_an_ecosystem_plugin_on_our_generic(tmp_path):
     assert result["periodicity"] == 7 and result["own_log"] is True
     assert "it failed, on purpose" in (tmp_path / "log" / "check.log").read_text()
     assert TestResult(problem=True, message="x" * 6000).message.startswith("...")
+
+
+def test_runner_gives_a_plugin_its_release_modules_even_after_ours(tmp_path):
+    """A fake release egg brings `slapos.grid.svcbackend` and its own `slapos.grid.promise`; the
+    plugin puts the node's own package *before* it in sys.path (as generated plugins may put the
+    node's site-packages among the release's eggs): the release's modules still win, and ours
+    answer what the release lacks (`slapos.util` here)."""
+    from tests.conftest import REPO
+
+    egg = tmp_path / "fake-release.egg"
+    grid = egg / "slapos" / "grid"
+    (grid / "promise").mkdir(parents=True)
+    (grid / "__init__.py").write_text("")
+    (grid / "svcbackend.py").write_text("WHO = 'release'\n")
+    (grid / "promise" / "__init__.py").write_text("")
+    (grid / "promise" / "interface.py").write_text("from zope.interface import Interface\n"
+                                                   "class IPromise(Interface):\n    pass\n")
+    (grid / "promise" / "generic.py").write_text(
+        (REPO / "slapos" / "grid" / "promise" / "generic.py").read_text() + "\nWHO = 'release'\n")
+    plugin = tmp_path / "probe.py"
+    plugin.write_text(
+        "import sys\n"
+        f"sys.path[0:0] = [{str(REPO)!r}, {str(egg)!r}]\n"
+        "for module in list(sys.modules):\n"
+        "    if 'slapos' in module:\n"
+        "        del sys.modules[module]\n"
+        "from slapos.grid.promise.generic import GenericPromise, WHO as GENERIC\n"
+        "import slapos.grid.svcbackend, slapos.util\n\n"
+        "class RunPromise(GenericPromise):\n"
+        "    def sense(self):\n"
+        "        self.logger.info('%s %s %s', GENERIC, slapos.grid.svcbackend.WHO, slapos.util.__file__)\n")
+    out = subprocess.run([sys.executable, "-I", promise_plugin.__file__, str(plugin), "--config",
+                          f"partition-folder={tmp_path}"], capture_output=True, text=True, timeout=60)
+    line = [x for x in out.stdout.splitlines() if x.startswith(promise_plugin.RESULT_MARKER)][-1]
+    result = json.loads(line[len(promise_plugin.RESULT_MARKER):])
+    assert len(result["message"].split()) == 3, (result, out.stderr[-2000:])
+    generic, svcbackend, util_file = result["message"].split()
+    assert (generic, svcbackend) == ("release", "release"), out.stderr
+    assert util_file == str(REPO / "slapos" / "util.py")
