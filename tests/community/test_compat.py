@@ -171,3 +171,29 @@ def test_runner_gives_a_plugin_its_release_modules_even_after_ours(tmp_path):
     generic, svcbackend, util_file = result["message"].split()
     assert (generic, svcbackend) == ("release", "release"), out.stderr
     assert util_file == str(REPO / "slapos" / "util.py")
+
+
+def test_legacy_sha1_signatures_need_an_rsa_certificate_opted_in(tmp_path):
+    import pytest
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from slapos.base.errors import ConfigError
+    from slapos.grid.cache import CacheConfig, load_private_key, verify, verify_legacy_sha1
+    from tests.software.conftest import make_signer
+
+    key_file, certificate = make_signer(tmp_path, "rsa", "legacy")
+    _, ed_certificate = make_signer(tmp_path, "ed25519", "modern")
+    options = {"download-binary-cache-url": "http://127.0.0.1:1/cache",
+               "download-binary-dir-url": "http://127.0.0.1:1/dir"}
+    with pytest.raises(ConfigError, match="no RSA certificate"):
+        CacheConfig.from_options({**options, "legacy-sha1-certificate-list": ed_certificate})
+    config = CacheConfig.from_options({**options, "legacy-sha1-certificate-list": certificate})
+    assert config.can_download("http://example.invalid/software.cfg") and not config.trusted_keys
+    data = b'{"sha512": "..."}'
+    signature = load_private_key(key_file).sign(data, padding.PKCS1v15(), hashes.SHA1())
+    public = x509.load_pem_x509_certificate(certificate.encode()).public_key()
+    assert verify_legacy_sha1(public, signature, data)
+    assert not verify_legacy_sha1(public, signature, data + b" ")
+    assert not verify(public, signature, data)  # never accepted as a modern signature
