@@ -57,7 +57,7 @@ DEFAULT_PERIODICITY = 2.0  # minutes
 TIMED_OUT = "Error: Promise timed out"  # how a timed-out promise's message starts (the node looks for it)
 
 
-class PromiseTimeout(Exception):
+class PromiseTimeout(BaseException):  # not an Exception: a plugin's `except Exception` cannot swallow it
     pass
 
 

@@ -197,3 +197,23 @@ def test_legacy_sha1_signatures_need_an_rsa_certificate_opted_in(tmp_path):
     assert verify_legacy_sha1(public, signature, data)
     assert not verify_legacy_sha1(public, signature, data + b" ")
     assert not verify(public, signature, data)  # never accepted as a modern signature
+
+
+def test_a_plugin_cannot_swallow_its_timeout(tmp_path):
+    """The reference's GenericPromise.run catches every Exception of sense(): the timeout is not
+    one, so a slow ecosystem plugin still ends with the timeout message."""
+    plugin = tmp_path / "slow.py"
+    plugin.write_text(
+        "import time\n"
+        "from slapos.grid.promise.generic import GenericPromise\n\n"
+        "class RunPromise(GenericPromise):\n"
+        "    def sense(self):\n"
+        "        try:\n"
+        "            time.sleep(30)\n"
+        "        except Exception:\n"
+        "            self.logger.info('swallowed')\n")
+    out = subprocess.run([sys.executable, "-I", promise_plugin.__file__, str(plugin), "--timeout", "0.5",
+                          "--config", f"partition-folder={tmp_path}"], capture_output=True, text=True, timeout=60)
+    line = [x for x in out.stdout.splitlines() if x.startswith(promise_plugin.RESULT_MARKER)][-1]
+    result = json.loads(line[len(promise_plugin.RESULT_MARKER):])
+    assert result["failed"] is True and result["message"] == "Error: Promise timed out after 0.5 seconds"
