@@ -123,9 +123,9 @@ class GenericPromise(abc.ABC):
 
 # -- the runner (child process) -------------------------------------------------------------------
 def _load(path: str, title: str):
-    # a generated plugin may delete every `slapos*` module from sys.modules before importing its
-    # release's: it is loaded under a name of its own, registered so that inspect & co find it
-    name = f"slapos_promise_{''.join(c if c.isalnum() else '_' for c in title)}"
+    # registered so that inspect & co find it, under a name without "slapos": a generated plugin
+    # deletes every module whose name contains it before importing its release's
+    name = f"_promise_plugin_{''.join(c if c.isalnum() else '_' for c in title)}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
