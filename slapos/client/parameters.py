@@ -8,9 +8,10 @@
   `--force-serialisation`) a JSON file is refused: guessing would send parameters the software
   cannot read.
 * Instance XML files (`<instance><parameter id=…>`) are sent as they are.
-* When the software release publishes a request schema, parameters are checked against a small
-  subset of JSON Schema (required keys, unknown keys, simple types) and problems are *warned*
-  about, never refused.
+* When the software release publishes a request schema, parameters are checked against it with
+  `jsonschema` (the release's real schema: `$ref` to other files next to it, `allOf`/`oneOf`,
+  `pattern`, `minimum`, ...) and problems are *warned* about, never refused. Without jsonschema
+  installed, a small subset is checked (required keys, unknown keys, simple types, enums).
 """
 from __future__ import annotations
 
@@ -264,15 +265,71 @@ def check_against_schema(description: SoftwareDescription, software_type: str | 
             parameters = json.loads(parameters[JSON_KEY])
         except (TypeError, ValueError):
             return []
-    problems = schema_problems(schema, parameters)
+    problems = schema_problems(schema, parameters, schema_url)
     for problem in problems:
         log.warning("%s (schema %s)", problem, schema_url)
     return problems
 
 
-def schema_problems(schema: Any, parameters: Any) -> list[str]:
+def _uri(location: str) -> str:
+    return location if "://" in location or location.startswith("file:") else Path(location).absolute().as_uri()
+
+
+def _describe(error) -> str:
+    """One line per problem, naming the parameter, in the words users already know."""
+    path = "/".join(str(p) for p in error.absolute_path)
+    if error.validator == "required" and not path:
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return f"parameter '{missing}' is required by the software release"
+    if error.validator == "additionalProperties" and not path:
+        extra = error.message.split("'")[1] if "'" in error.message else error.message
+        return f"parameter '{extra}' is not known to the software release"
+    if error.validator == "type" and path:
+        names = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        return f"parameter '{path}' should be {' or '.join(names)}, got {type(error.instance).__name__}"
+    if error.validator == "enum" and path:
+        return f"parameter '{path}' should be one of {error.validator_value}, got {error.instance!r}"
+    return f"parameter '{path}': {error.message}" if path else error.message
+
+
+def schema_problems(schema: Any, parameters: Any, schema_url: str | None = None) -> list[str]:
+    """What the release's request schema says about `parameters` (one line each). `$ref`s are
+    resolved against `schema_url` (files next to it, or http(s))."""
     if not isinstance(schema, dict) or not isinstance(parameters, dict):
         return []
+    try:  # late: only `slapos request` with a parameters file needs it (about 0.1 s to import)
+        import jsonschema
+        from referencing import Registry, Resource
+        from referencing.exceptions import NoSuchResource
+    except ImportError:
+        return _subset_problems(schema, parameters)
+
+    def retrieve(uri: str) -> Resource:
+        text = _fetch(uri)
+        if text is None:
+            raise NoSuchResource(ref=uri)
+        return Resource.from_contents(json.loads(text), default_specification=_draft(schema))
+
+    if schema_url and "$id" not in schema:
+        schema = {**schema, "$id": _uri(schema_url)}
+    validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
+    validator = validator_class(schema, registry=Registry(retrieve=retrieve))
+    try:
+        errors = sorted(validator.iter_errors(parameters), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+        return [_describe(e) for e in errors]
+    except Exception as e:  # an unreachable $ref, a broken schema: say so, refuse nothing
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return [f"the request schema cannot be applied: {first}"]
+
+
+def _draft(schema: dict):
+    from referencing.jsonschema import DRAFT7, specification_with
+
+    return specification_with(schema.get("$schema", ""), default=DRAFT7)
+
+
+def _subset_problems(schema: dict, parameters: dict) -> list[str]:
+    """Without jsonschema: required keys, unknown keys, simple types and enums only."""
     problems = []
     properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
     for key in schema.get("required", []) or []:

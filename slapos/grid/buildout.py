@@ -18,6 +18,7 @@ It raises `ProcessTimeout` when the timeout expires (the process tree is killed 
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -130,6 +131,26 @@ def _run_in_terminal(
     return Result(returncode, "(buildout output went to the terminal: --buildout-debug)", time.monotonic() - start)
 
 
+RUNNER_MARK = "# Written by slapos node software"
+
+
+def release_buildout(software: str | Path) -> Path | None:
+    """The software release's own `bin/buildout` (one its build made, e.g. a pinned buildout of
+    the SlapOS fork), or None when it has none or it is the script the node writes: instance
+    buildouts then run with the node's buildout (fork server). Read without following links,
+    a bounded read: the software directory belongs to the (untrusted) software user."""
+    fd = tenantfs.open_below(software, "bin")
+    if fd is None:
+        return None
+    try:
+        head = tenantfs.read_small("buildout", 4096, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not head or not head.startswith(b"#!") or RUNNER_MARK.encode() in head:
+        return None
+    return Path(software) / "bin" / "buildout"
+
+
 def write_runner_script(path: str | Path, python: str | None = None) -> bool:
     """Write a `bin/buildout` that re-runs the same buildout by hand (`cd <dir> && bin/buildout`).
 
@@ -139,7 +160,7 @@ def write_runner_script(path: str | Path, python: str | None = None) -> bool:
     path = Path(path)
     text = (
         f"#!{python or sys.executable} -I\n"
-        "# Written by slapos node software: runs upstream zc.buildout with ${:_profile_base_location_}\n"
+        f"{RUNNER_MARK}: runs upstream zc.buildout with ${{:_profile_base_location_}}\n"
         "# support, exactly as the node does. Re-run a build by hand with:  bin/buildout -N\n"
         "import sys\n"
         f"from {RUNNER_MODULE} import main\n"

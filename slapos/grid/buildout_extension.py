@@ -26,6 +26,8 @@ This module is imported inside buildout processes only: keep it free of node imp
 """
 from __future__ import annotations
 
+import glob
+import json
 import os
 import re
 import sys
@@ -55,6 +57,23 @@ def substitute_sections(sections: dict, base: str) -> None:
                 options[key] = value.replace(MARKER, base)
 
 
+_versioned = re.compile(r"(^|[/\\])v\d+[/\\]?$").search
+
+
+def keep_versioned_eggs_directory(sections: dict) -> None:
+    """zc.buildout >= 5 keeps eggs in `<eggs-directory>/v5`. An instance profile of the SlapOS
+    ecosystem names the software release's eggs directory as the software buildout computed it
+    (`eggs-directory = ${buildout:eggs-directory}`, rendered to `.../eggs/v5`): buildout would
+    look in `.../eggs/v5/v5`, find nothing, and fail offline. A profile whose eggs directory
+    already ends with a version directory gets no second one (unless it says otherwise)."""
+    options = sections.get("buildout")
+    if not isinstance(options, dict):
+        return
+    value = options.get("eggs-directory")
+    if isinstance(value, str) and "$" not in value and _versioned(value.strip()):
+        options.setdefault("eggs-directory-version", "")
+
+
 def install_parse_hook() -> None:
     """Wrap zc.buildout's INI parser so each profile's values get its location (idempotent)."""
     import zc.buildout.configparser as buildout_configparser
@@ -66,6 +85,7 @@ def install_parse_hook() -> None:
     def parse(fp, fpname, *args, **kwargs):
         sections = original(fp, fpname, *args, **kwargs)
         substitute_sections(sections, profile_base(str(fpname)))
+        keep_versioned_eggs_directory(sections)
         return sections
 
     parse._slapnode_profile_base = True  # type: ignore[attr-defined]
@@ -146,9 +166,82 @@ def _no_upgrade(self) -> None:
     another version downloaded into the software release (and restart itself) in newest mode."""
 
 
+def find_eggs_offline() -> None:
+    """zc.buildout >= 5 installs an egg as `<name>.egg/<name>.dist-info` (plus the package). It
+    finds them again when it may install (the eggs directory is its `dest`), but not in offline
+    mode, where the eggs directory is only a path to search: an instance profile (always offline)
+    would not find the recipes its software release installed. In offline mode, the `*.egg`
+    directories holding a `.dist-info` in each searched directory are searched too (idempotent)."""
+    import zc.buildout.easy_install as easy_install
+
+    original = easy_install.Installer._get_dest_dist_paths
+    if getattr(original, "_slapnode", False):
+        return
+
+    def dest_dist_paths(self):
+        found = original(self)
+        if self._dest is None:
+            for entry in self._path:
+                pattern = os.path.join(glob.escape(entry), "*.egg", "*.dist-info")
+                found.extend(os.path.dirname(p) for p in glob.glob(pattern))
+        return list(dict.fromkeys(found))
+
+    dest_dist_paths._slapnode = True  # type: ignore[attr-defined]
+    easy_install.Installer._get_dest_dist_paths = dest_dist_paths
+
+
+def as_text(value) -> str:
+    """How a non-string option value reads inside `${section:option}`: containers as JSON,
+    anything else as str()."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset, dict)):
+        if isinstance(value, (set, frozenset)):
+            value = sorted(value, key=str)
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def allow_non_string_values() -> None:
+    """Recipes of the ecosystem store values that are not strings (slapos.cookbook's
+    `slapconfiguration` stores lists, sets and dicts: `options['ipv4'] = {...}`): SlapOS' buildout
+    accepts them, upstream refuses them with a TypeError. Here they are kept as they are for
+    recipes that read them (`options['ipv4']`, a jinja2 template's `key` context), read as text
+    inside `${...}` substitutions (see `as_text`) and saved as text in `.installed.cfg`."""
+    import zc.buildout.buildout as zc_buildout
+
+    options_class = zc_buildout.Options
+    if getattr(options_class.__setitem__, "_slapnode", False):
+        return
+    original_get, original_save = options_class.get, zc_buildout._save_option
+
+    def setitem(self, option, value):
+        self._data[option] = value
+
+    def get(self, option, default=None, seen=None):
+        value = original_get(self, option, default, seen)
+        if seen is not None and value is not None and not isinstance(value, str):
+            return as_text(value)  # `seen` is only passed by substitutions
+        return value
+
+    def save_option(option, value, f):
+        return original_save(option, as_text(value), f)
+
+    setitem._slapnode = True  # type: ignore[attr-defined]
+    options_class.__setitem__ = setitem
+    options_class.get = get
+    zc_buildout._save_option = save_option
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run upstream zc.buildout's command line with `${:_profile_base_location_}` support."""
     install_parse_hook()
+    find_eggs_offline()
+    allow_non_string_values()
+    # recipes of the release get its own `slapos.*` modules (its slapos.core), not ours
+    from slapos.grid import release_first
+
+    release_first.install()
     import zc.buildout.buildout as zc_buildout
 
     zc_buildout.Buildout._maybe_upgrade = _no_upgrade

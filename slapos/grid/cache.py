@@ -20,6 +20,12 @@ into a staging directory that is renamed into place only when complete.
 Signatures: RSA (PSS, SHA-256), Ed25519 or ECDSA (SHA-256), from a PEM private key. Unlike the
 reference, downloads without any trusted certificate are not attempted: an unsigned directory
 would let whoever can write to it choose the binaries this node runs.
+
+Entries written by slapos.libnetworkcache (the reference's caches) carry legacy signatures, RSA
+PKCS#1 v1.5 over SHA-1, which a collision can forge: they are accepted only from the certificates
+the operator lists in `legacy-sha1-certificate-list` (one opt-in per certificate, on top of the
+modern signatures of `signature-certificate-list`). Their metadata (`software_url`,
+`software_root`, `multiarch`, `os` as (id, version, codename)) is read as ours.
 """
 from __future__ import annotations
 
@@ -91,6 +97,7 @@ class CacheConfig:
     upload_dir_url: str | None = None
     signature_private_key_file: Path | None = None
     trusted_keys: list[Any] = field(default_factory=list)
+    legacy_sha1_keys: list[Any] = field(default_factory=list)  # opt-in: libnetworkcache's SHA-1 signatures
     download_blacklist: list[str] = field(default_factory=list)
     upload_blacklist: list[str] = field(default_factory=list)
     force_url_list: list[str] = field(default_factory=list)
@@ -121,6 +128,11 @@ class CacheConfig:
         certificates = _opt(o, "signature-certificate-list")
         if certificates:
             config.trusted_keys = load_trusted_keys(certificates)
+        legacy = _opt(o, "legacy-sha1-certificate-list")
+        if legacy:
+            config.legacy_sha1_keys = [k for k in load_trusted_keys(legacy) if _is_rsa(k)]
+            if not config.legacy_sha1_keys:
+                raise ConfigError("[networkcache] legacy-sha1-certificate-list holds no RSA certificate")
         key_file = config.signature_private_key_file
         if key_file is not None and not key_file.is_file():
             raise ConfigError(f"[networkcache] signature-private-key-file {key_file} does not exist")
@@ -132,7 +144,7 @@ class CacheConfig:
 
     def can_download(self, url: str) -> bool:
         return bool(
-            self.download_cache_url and self.download_dir_url and self.trusted_keys
+            self.download_cache_url and self.download_dir_url and (self.trusted_keys or self.legacy_sha1_keys)
             and not any(url.startswith(prefix) for prefix in self.download_blacklist)
         )
 
@@ -223,6 +235,34 @@ def verify(public_key, signature: bytes, data: bytes) -> bool:
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+def _is_rsa(public_key) -> bool:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return isinstance(public_key, rsa.RSAPublicKey)
+
+
+def verify_legacy_sha1(public_key, signature: bytes, data: bytes) -> bool:
+    """slapos.libnetworkcache's signature: RSA PKCS#1 v1.5 over SHA-1 (only for opted-in keys)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    if not _is_rsa(public_key):
+        return False
+    try:
+        public_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA1())  # noqa: S303 - opt-in legacy
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _same_os(theirs: Any, ours: Any) -> bool:
+    """(id, version, codename) as we or slapos.core (distro) write it: same id and version."""
+    if not (isinstance(theirs, (list, tuple)) and isinstance(ours, (list, tuple))) or len(theirs) < 2:
+        return False
+    return [str(x).strip().lower() for x in theirs[:2]] == [str(x).strip().lower() for x in ours[:2]]
 
 
 # -- what a binary is built for ----------------------------------------------------------------
@@ -571,7 +611,8 @@ class BinaryCache:
         except ValueError:
             return None
         data = text.encode()
-        if not any(verify(key, raw_signature, data) for key in self.config.trusted_keys):
+        if not any(verify(key, raw_signature, data) for key in self.config.trusted_keys) and not any(
+                verify_legacy_sha1(key, raw_signature, data) for key in self.config.legacy_sha1_keys):
             return None
         try:
             metadata = json.loads(text)
@@ -586,7 +627,7 @@ class BinaryCache:
         return (
             m.get("software_url") == url
             and m.get("software_root") == str(self.software_root)
-            and m.get("os") == self.tags["os"]
+            and (m.get("os") == self.tags["os"] or _same_os(m.get("os"), self.tags["os"]))
             and m.get("multiarch") == self.tags["multiarch"]
             and m.get("python", self.tags["python"]) == self.tags["python"]
         )

@@ -526,7 +526,13 @@ class InstanceRun:
 
     def run_buildout(self, job: Job) -> None:
         from . import process
-        from .buildout import RUNNER_MODULE, buildout_argv, buildout_environment, run_buildout
+        from .buildout import (
+            RUNNER_MODULE,
+            buildout_argv,
+            buildout_environment,
+            release_buildout,
+            run_buildout,
+        )
 
         path = job.partition.path
         identity = process.identity_for(path, f"the buildout of partition {job.id}")
@@ -540,11 +546,17 @@ class InstanceRun:
             progress.debug("%s", line)
 
         self.partition_log(job, "running buildout")
-        if self.options.buildout_debug:
+        argv = buildout_argv(path)
+        args = argv[argv.index(RUNNER_MODULE) + 1:]
+        own = release_buildout(software_directory(self.settings.software_root, job.desired.software_release_url))
+        if own is not None and not self.options.buildout_debug:
+            # the release brought its own buildout (as on the reference): it runs the profile
+            self.partition_log(job, f"running the software release's own {own}")
+            result = process.run([str(own), *args], cwd=path, env=env, identity=identity, umask=0o027,
+                                 timeout=timeout, log_file=log_file, on_line=on_line)
+        elif self.options.buildout_debug:
             result = run_buildout(path, self.settings, identity, timeout=timeout, debug=True, env=env)
         else:
-            argv = buildout_argv(path)
-            args = argv[argv.index(RUNNER_MODULE) + 1:]
             from .forkserver import ForkServerGone
 
             server = self.forkserver()

@@ -471,7 +471,7 @@ class SoftwareAgent:
 
                     config = CacheConfig.from_options(self.settings.networkcache)
                     if config is not None:
-                        if config.download_dir_url and not config.trusted_keys:
+                        if config.download_dir_url and not (config.trusted_keys or config.legacy_sha1_keys):
                             logger.warning(
                                 "binary cache downloads disabled: [networkcache] signature-certificate-list "
                                 "is empty, so no archive could be trusted"

@@ -119,8 +119,8 @@ class CacheServer:
             return self._text(start_response, "500 Internal Server Error", "internal error in the binary cache")
 
     @staticmethod
-    def _text(start_response: Callable, status: str, body: str, extra: tuple = ()) -> list[bytes]:
-        data = (body + "\n").encode()
+    def _text(start_response: Callable, status: str, body: str, extra: tuple = (), newline: bool = True) -> list[bytes]:
+        data = (body + ("\n" if newline else "")).encode()
         start_response(status, [("Content-Type", TEXT), ("Content-Length", str(len(data))), *extra])
         return [data]
 
@@ -145,11 +145,12 @@ class CacheServer:
             wrapper = environ.get("wsgi.file_wrapper")
             return wrapper(f, CHUNK) if wrapper else _iter_file(f)
         if method == "POST" and name == "":
+            # the digest alone, as shacache answers: slapos.libnetworkcache compares the body exactly
             digest = self._store(environ, expected=None)
-            return self._text(start_response, "201 Created", digest)
+            return self._text(start_response, "201 Created", digest, newline=False)
         if method == "PUT" and _SHA512.match(name):
             digest = self._store(environ, expected=name)
-            return self._text(start_response, "201 Created", digest)
+            return self._text(start_response, "201 Created", digest, newline=False)
         raise HTTPError("405 Method Not Allowed", f"{method} not allowed here")
 
     def used(self) -> int:

@@ -3,7 +3,9 @@ deployment (test mode, all of them) and on every run for up-to-date partitions (
 only those whose periodicity has come).
 
 * `etc/promise/*`: executables; exit 0 = fine, else failed; their output is the message.
-* `etc/plugin/*.py`: Python plugins (`slapos.grid.promise_plugin` documents the interface).
+* `etc/plugin/*.py`: Python plugins (`slapos.grid.promise_plugin` documents both interfaces it
+  runs: ours, and the ecosystem's `slapos.grid.promise.generic.GenericPromise`, which
+  `generic.py` and `interface.py` of this package provide when a release does not bring them).
 
 Each promise runs in a child process as the partition user, with a timeout
 (`[slapos] promise_timeout`), side by side with the partition's other promises (and with other
@@ -33,9 +35,10 @@ from pathlib import Path
 from slapos.base.errors import SlapOSError
 from slapos.slap.connection import redact_url
 
-from . import process
-from .partition import Partition, open_dir, read_at, write_at
-from .promise_plugin import DEFAULT_PERIODICITY, RESULT_MARKER, TIMED_OUT
+from .. import process
+from ..partition import Partition, open_dir, read_at, write_at
+from ..promise_plugin import DEFAULT_PERIODICITY, RESULT_MARKER, TIMED_OUT
+from ..promise_plugin import __file__ as RUNNER  # noqa: N812
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +67,10 @@ class PromiseResult:
     mode: str = TEST
     periodicity: float = DEFAULT_PERIODICITY  # minutes
     ran: bool = True  # False: not due, this is the last stored result
+    skipped: bool = False  # the plugin opted out of this mode (setTestLess/setAnomalyLess): nothing to record
+    own_log: bool = False  # the plugin appended its own lines to .slapgrid/promise/log/<title>.log
+    tested: bool = True  # isTested() of an ecosystem plugin
+    anomaly_detected: bool = True  # isAnomalyDetected() of an ecosystem plugin
 
     @property
     def timed_out(self) -> bool:
@@ -208,8 +215,8 @@ class PromiseRunner:
         except OSError:
             pass
         cache = {
-            "is_tested": result.mode == TEST,
-            "is_anomaly_detected": result.mode == ANOMALY,
+            "is_tested": result.tested,
+            "is_anomaly_detected": result.anomaly_detected,
             "periodicity": result.periodicity,
             "next_run_after": result.date + result.periodicity * 60,
             "timestamp": result.date,
@@ -218,10 +225,13 @@ class PromiseRunner:
             "failed": result.failed,
         }
         base = (self.partition.path, ".slapgrid", "promise")
-        with open_dir(*base, "result") as fd:
-            write_at(fd, f"{promise.title}.status.json", json.dumps(result.to_status()), 0o644, owner)
+        if not result.skipped:
+            with open_dir(*base, "result") as fd:
+                write_at(fd, f"{promise.title}.status.json", json.dumps(result.to_status()), 0o644, owner)
         with open_dir(*base, "cache") as fd:
             write_at(fd, promise.title, json.dumps(cache), 0o644, owner)
+        if result.skipped or result.own_log:
+            return
         with open_dir(*base, "log") as fd:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.date))
             level = "ERROR" if result.failed else "INFO"
@@ -249,6 +259,18 @@ class PromiseRunner:
         except (TypeError, ValueError):
             return True
 
+    def opted_out(self, promise: Promise, mode: str) -> bool:
+        """An ecosystem plugin that said (last time it ran, unchanged since) that it skips `mode`."""
+        if not promise.plugin:
+            return False
+        cache = self.read_cache(promise.title)
+        try:
+            if cache.get("module_file_mtime") != promise.path.stat().st_mtime:
+                return False
+        except OSError:
+            return False
+        return cache.get("is_tested" if mode == TEST else "is_anomaly_detected") is False
+
     # -- running ---------------------------------------------------------------------------------
     def _argv(self, promise: Promise, mode: str) -> list[str]:
         if not promise.plugin:
@@ -265,7 +287,10 @@ class PromiseRunner:
         certs = p.certificate_files()  # only certificates that were written
         if certs:
             config["partition-cert"], config["partition-key"] = str(certs[0]), str(certs[1])
-        argv = [sys.executable, "-I", "-m", "slapos.grid.promise_plugin", str(promise.path),
+        config["log-folder"] = str(p.path / ".slapgrid" / "promise" / "log")
+        # run as a file, not `-m`: nothing of our `slapos` package is imported before the plugin,
+        # so that a plugin putting its release's eggs first gets the release's `slapos.*` modules
+        argv = [sys.executable, "-I", RUNNER, str(promise.path),
                 "--mode", mode, "--timeout", f"{self.timeout:g}"]
         for key, value in config.items():
             argv += ["--config", f"{key}={value}"]
@@ -274,6 +299,7 @@ class PromiseRunner:
     def run_one(self, promise: Promise, mode: str) -> PromiseResult:
         start = self.clock()
         periodicity = LEGACY_PERIODICITY
+        flags: dict = {}
         home = self.identity.home if self.identity else str(self.partition.path)
         env = process.clean_environment(home, extra_path=getattr(self.settings, "extra_path", ()) or ())
         try:
@@ -292,6 +318,9 @@ class PromiseRunner:
                         periodicity = float(data.get("periodicity") or DEFAULT_PERIODICITY)
                     except (TypeError, ValueError):
                         periodicity = DEFAULT_PERIODICITY
+                    flags = {"skipped": data.get("skipped") is True, "own_log": data.get("own_log") is True,
+                             "tested": data.get("is_tested") is not False,
+                             "anomaly_detected": data.get("is_anomaly_detected") is not False}
             else:
                 failed = not outcome.ok
                 message = outcome.output.strip()
@@ -304,7 +333,7 @@ class PromiseRunner:
         if len(message) > MESSAGE_MAX:
             message = message[:MESSAGE_MAX] + "..."
         return PromiseResult(promise.title, promise.name, str(promise.path), failed, message,
-                             self.clock() - start, start, mode, periodicity)
+                             self.clock() - start, start, mode, periodicity, **flags)
 
     def run(self, mode: str = TEST, force: bool = True, pool: Executor | None = None,
             promises: list[Promise] | None = None) -> list[PromiseResult]:
@@ -314,7 +343,7 @@ class PromiseRunner:
         if not promises:
             return []
         now = self.clock()
-        due = [p for p in promises if force or self.is_due(p, now)]
+        due = [p for p in promises if (force or self.is_due(p, now)) and not self.opted_out(p, mode)]
         results: dict[str, PromiseResult] = {}
         if due:
             self._ensure_dirs()
@@ -325,7 +354,8 @@ class PromiseRunner:
                 fresh = [(p, self.run_one(p, mode)) for p in due]
             for promise, result in fresh:
                 self._record(promise, result)
-                results[promise.title] = result
+                if not result.skipped:
+                    results[promise.title] = result
         if len(results) < len(promises):
             stored = {r.title: r for r in self.stored_results()}
             for promise in promises:

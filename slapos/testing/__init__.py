@@ -1,0 +1,1 @@
+"""Test-case base classes for software release test suites (see testcase.py)."""
