@@ -48,9 +48,14 @@ def test_configuration_files(supervisor):
     text = conf.read_text()
     assert "[group:slappart0]\nprograms = slappart0_web,slappart0_db" in text
     for needle in ("stopasgroup = true", "killasgroup = true", "autostart = false",
-                   f"stdout_logfile = {path}/.slappart0_web.log", "process_name = db-on-watch",
-                   f"command = {path}/etc/service/db"):
+                   f"stdout_logfile = {supervisor.program_log_path('slappart0', 'web')}",
+                   "process_name = db-on-watch", f"command = {path}/etc/service/db"):
         assert needle in text
+    # supervisord (root) writes program output in a root-owned place; the partition sees it
+    # through a link where the reference layout has the file
+    log_dir = supervisor.program_log_dir("slappart0")
+    assert log_dir.stat().st_mode & 0o777 == 0o750 and log_dir.stat().st_uid == os.geteuid()
+    assert os.readlink(path / ".slappart0_web.log") == str(log_dir / "web.log")
     # the service restarts locally, the run program does not (reference behaviour)
     db = text.split("[program:slappart0_db]")[1]
     web = text.split("[program:slappart0_web]")[1].split("[program:")[0]
