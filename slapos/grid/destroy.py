@@ -256,7 +256,8 @@ def run_destroy_hook(settings: NodeSettings, partition_id: str, path: Path) -> N
     log.info("%s: running sbin/destroy", partition_id)
     timeout = settings.partition_timeout or DESTROY_HOOK_TIMEOUT
     result = run(
-        [str(hook)], cwd=path, env=clean_environment(home, settings.extra_path), identity=identity,
+        [str(hook)], cwd=path, env=clean_environment(home, settings.extra_path, user=identity.name if identity else None,
+                                     tmpdir=path / "tmp"), identity=identity,
         timeout=timeout,
         on_line=lambda line: log.debug("%s: sbin/destroy: %s", partition_id, line),
     )

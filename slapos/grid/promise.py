@@ -273,7 +273,9 @@ class PromiseRunner:
         start = self.clock()
         periodicity = LEGACY_PERIODICITY
         home = self.identity.home if self.identity else str(self.partition.path)
-        env = process.clean_environment(home, extra_path=getattr(self.settings, "extra_path", ()) or ())
+        env = process.clean_environment(home, extra_path=getattr(self.settings, "extra_path", ()) or (),
+                                        user=self.identity.name if self.identity else None,
+                                        tmpdir=self.partition.path / "tmp")
         try:
             outcome = process.run(self._argv(promise, mode), cwd=self.partition.path, env=env,
                                   identity=self.identity, timeout=self.timeout + (2 if promise.plugin else 0),
