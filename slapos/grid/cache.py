@@ -24,7 +24,9 @@ would let whoever can write to it choose the binaries this node runs.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
+import errno
 import gzip
 import hashlib
 import json
@@ -45,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slapos.base import tenantfs
 from slapos.base.errors import ConfigError, SlapOSError
 
 from .process import Identity
@@ -353,13 +356,6 @@ def safe_extract(archive: Path, top: str, staging: Path, final: Path) -> None:
         os.chmod(directory, mode)
 
 
-def chown_tree(root: Path, identity: Identity) -> None:
-    os.lchown(root, identity.uid, identity.gid)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), identity.uid, identity.gid)
-
-
 # -- the client -------------------------------------------------------------------------------
 
 class BinaryCache:
@@ -471,21 +467,53 @@ class BinaryCache:
     # fetch --------------------------------------------------------------------------------
     def fetch(self, entry: Entry, key: str, final: Path, owner: Identity | None) -> None:
         """Download, verify and unpack the archive of `entry` to `final` (which must not exist)."""
-        token = secrets.token_hex(4)
-        archive = self.software_root / f".{key}.download-{token}"
-        staging = self.software_root / f".{key}.unpack-{token}"
-        content_url = f"{self.config.download_cache_url.rstrip('/')}/{entry.sha512}"
+        # The software user owns software_root and could rename or replace anything we create
+        # there by name. So the download and the unpacked tree live in a private directory of
+        # root (0700), always reached through its descriptor (/proc/self/fd/N): renaming it does
+        # not redirect us; the tree is given to the builder through descriptors, then moved.
+        work_name = f".slapos-fetch-{key}-{secrets.token_hex(4)}"
+        root_fd = tenantfs.open_dir(self.software_root)
         try:
-            self._download(content_url, archive, entry)
-            staging.mkdir(mode=0o755)
-            safe_extract(archive, key, staging, final)
-            if owner is not None:
-                chown_tree(staging, owner)
-            os.rename(staging, final)
+            os.mkdir(work_name, 0o700, dir_fd=root_fd)
+            work_fd = os.open(work_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=root_fd)
+            try:
+                work = Path(f"/proc/self/fd/{work_fd}")
+                content_url = f"{self.config.download_cache_url.rstrip('/')}/{entry.sha512}"
+                self._download(content_url, work / "archive", entry)
+                os.mkdir("tree", 0o755, dir_fd=work_fd)
+                safe_extract(work / "archive", key, work / "tree", final)
+                if owner is not None:
+                    tree_fd = os.open("tree", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                      dir_fd=work_fd)
+                    try:
+                        tenantfs.chown_tree(tree_fd, owner.uid, owner.gid)
+                    finally:
+                        os.close(tree_fd)
+                os.rename("tree", final.name, src_dir_fd=work_fd, dst_dir_fd=root_fd)
+            finally:
+                os.close(work_fd)
+                self._remove_work(root_fd, work_name)
         finally:
-            archive.unlink(missing_ok=True)
-            if staging.exists():
-                remove_tree(staging)
+            os.close(root_fd)
+
+    @staticmethod
+    def _remove_work(root_fd: int, name: str) -> None:
+        """Remove our private directory, if it is still ours (the builder may have renamed it
+        and put something else at its name: that is left alone)."""
+        try:
+            st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            return
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+        try:
+            tenantfs.wipe_content(f"/proc/self/fd/{fd}/.")  # "/.": the magic link is followed
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.rmdir(name, dir_fd=root_fd)
 
     def _download(self, url: str, destination: Path, entry: Entry) -> None:
         response = self._request("GET", url, self.config.shacache_tls, stream=True)
@@ -556,18 +584,17 @@ class BinaryCache:
 
 
 def remove_tree(path: Path) -> None:
-    """rmtree that also removes read-only directories (fixing permissions as it goes)."""
-
-    def fix(function, name, *_):
-        try:
-            os.chmod(os.path.dirname(name), stat.S_IRWXU)
-            if os.path.isdir(name) and not os.path.islink(name):
-                os.chmod(name, stat.S_IRWXU)
-            function(name)
-        except FileNotFoundError:
-            pass
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=fix)
-    else:
-        shutil.rmtree(path, onerror=fix)
+    """Remove a tree a build wrote (read-only directories included) without ever following a
+    link or leaving the tree (tenantfs.wipe_content); a link at `path` itself is removed, not
+    followed. OSError when something could not be removed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    result = tenantfs.wipe_content(path)
+    if not result.ok:
+        raise OSError(errno.ENOTEMPTY, "; ".join(result.errors[:3]), str(path))
+    os.rmdir(path)

@@ -30,6 +30,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+from slapos.base import tenantfs
 from slapos.base.errors import SlapOSError
 
 from . import process
@@ -225,11 +226,10 @@ class PromiseRunner:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.date))
             level = "ERROR" if result.failed else "INFO"
             line = f"{when} - {level} - {result.message.replace(chr(10), ' ')[:1000]}\n"
-            lfd = os.open(f"{promise.title}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          0o644, dir_fd=fd)
+            # a FIFO, a link or a hard link of someone else's file there is replaced, never
+            # written through nor given to the tenant
+            lfd = tenantfs.open_append(f"{promise.title}.log", fd, 0o644, owner)
             try:
-                if owner and os.fstat(lfd).st_uid != owner[0]:
-                    os.fchown(lfd, *owner)
                 os.write(lfd, line.encode("utf-8", "replace"))
             finally:
                 os.close(lfd)
