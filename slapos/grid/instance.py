@@ -473,9 +473,10 @@ class InstanceRun:
                     f"software release {url} is not installed on this node yet ({software} has no .completed): "
                     "it is built by 'slapos node software'"
                 )
+            builder = os.fstat(fd).st_uid  # a file of anyone else (root's, hard-linked) is refused
             for name in ("instance.cfg", "template.cfg"):
                 try:
-                    data = tenantfs.read_regular(name, PROFILE_LIMIT, dir_fd=fd)
+                    data = tenantfs.read_regular(name, PROFILE_LIMIT, dir_fd=fd, uid=builder)
                 except FileNotFoundError:
                     continue
                 except OSError as e:
