@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -186,7 +187,6 @@ def kill_leftover_builds(directory: Path) -> list[int]:
     """Kill processes still working in `directory`: a build left running by an agent that was
     killed (kill -9 does not reach the build, which runs in its own session). We hold the run
     lock, so no build of ours is legitimately running there."""
-    import stat
 
     import psutil
 
@@ -402,8 +402,10 @@ class SoftwareAgent:
         fd = self._release_dir(key, create=True)
         try:
             try:
-                os.stat("buildout.cfg", dir_fd=fd, follow_symlinks=False)
+                regular = stat.S_ISREG(os.stat("buildout.cfg", dir_fd=fd, follow_symlinks=False).st_mode)
             except FileNotFoundError:
+                regular = False
+            if not regular:  # missing, or a link or FIFO that would hang the build: ours again
                 tenantfs.write_at(fd, "buildout.cfg", buildout_profile(url, self.settings), 0o644, own)
             # buildout needs the extends cache before it reads a remote profile (it creates it later)
             os.close(self._release_dir(key, "extends-cache", create=True))
