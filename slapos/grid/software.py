@@ -542,7 +542,7 @@ class SoftwareAgent:
             return
         start = time.monotonic()
         try:
-            sha512 = cache.publish(url, key, path)
+            sha512 = cache.publish(url, key, path, self.owner)
             logger.info("[%s] uploaded to the binary cache in %s (%s…)", label,
                         _duration(time.monotonic() - start), sha512[:16])
         except Exception as e:  # an upload problem never fails a good build

@@ -13,7 +13,7 @@ from slapos.grid.software import SoftwareAgent, software_key
 from tests.conftest import make_traversable
 from tests.software.conftest import HELLO, copy_release, supply
 
-from .conftest import give_tree, plant, slapos
+from .conftest import SECRET, give_tree, plant, slapos
 
 pytestmark = pytest.mark.root
 
@@ -97,3 +97,34 @@ def test_builder_netrc_link_is_not_copied(tmp_path, tenant_users, victim):
     os.chown(home / ".netrc", builder.uid, builder.gid)
     assert SoftwareAgent._home_netrc(owner) == b"machine example.org login me password mine\n"
     victim.check()
+
+
+def test_publish_reads_the_release_as_the_builder(tmp_path, tenant_users, victim):
+    """Publishing to the binary cache archives the release tree: as the builder, never as root,
+    so a file of root's in that tree (here hard-linked, as a racing builder could also do with
+    a link swapped in during the walk) is not readable and never uploaded."""
+    import gzip
+
+    from tests.software.conftest import start_cache_node
+
+    builder = tenant_users[1]
+    root = tmp_path / "cache"
+    root.mkdir()
+    make_traversable(root)
+    os.chmod(root, 0o755)
+    proxy, node, content, _metadata = start_cache_node(root)
+    try:
+        give_tree(node.software_root, builder)
+        url = copy_release(HELLO, tmp_path / "release")
+        supply(node, url)
+        release = node.software_root / software_key(url)
+        plant(builder, release / "stolen", "hardlink", victim)
+        output = run_software(node)
+        assert output.startswith("exit 0"), output
+        assert "upload to the binary cache failed" in output and "Permission denied" in output, output
+        for stored in content.iterdir():
+            data = stored.read_bytes()
+            assert SECRET.strip() not in data and SECRET.strip() not in gzip.decompress(data)
+        victim.check()
+    finally:
+        proxy.stop()
