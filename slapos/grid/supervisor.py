@@ -141,13 +141,19 @@ def collect_programs(partition_path: Path, log: logging.Logger | logging.LoggerA
     owner = os.stat(partition_path).st_uid if os.geteuid() == 0 else None
     for sub, watched in (("run", False), ("service", True)):
         directory = partition_path / "etc" / sub
-        try:
-            names = sorted(os.listdir(directory))
-        except (FileNotFoundError, NotADirectoryError):
+        fd = tenantfs.open_below(partition_path, "etc", sub)  # `etc` a link elsewhere: no programs
+        if fd is None:
             continue
-        for name in names:
+        try:
+            with os.scandir(fd) as entries:
+                found = sorted((e.name, e.is_file()) for e in entries)
+        except OSError:
+            found = []
+        finally:
+            os.close(fd)
+        for name, is_file in found:
             path = directory / name
-            if name.startswith(".") or not (path.is_file()):
+            if name.startswith(".") or not is_file:
                 continue
             if not _PROGRAM_RE.match(name):
                 log.warning("ignoring etc/%s/%s: program names may only hold letters, digits and ._@+-", sub, name)
