@@ -132,12 +132,13 @@ def read_regular(name: str | Path, limit: int, dir_fd: int | None = None, uid: i
 
 
 def open_dir(base: str | Path, *parts: str, create: bool = False, mode: int = 0o755,
-             owner: tuple[int, int] | None = None) -> int:
+             owner: tuple[int, int] | None = None, follow_base: bool = False) -> int:
     """A descriptor of `base/parts...`: `base` is trusted (its parent belongs to root), no
     component below it is followed when it is a link (OSError ELOOP or ENOTDIR). With
-    `create`, missing components are made with `mode` and given to `owner`. The caller
+    `create`, missing components are made with `mode` and given to `owner`. `follow_base`:
+    `base` itself may be a link (a `software_root` the operator configured as one). The caller
     closes the descriptor."""
-    fd = _open_dir(base)
+    fd = os.open(base, _DIR_FLAGS & ~os.O_NOFOLLOW) if follow_base else _open_dir(base)
     try:
         for part in parts:
             try:
@@ -283,12 +284,12 @@ def _open_dir(name: str | Path, dir_fd: int | None = None) -> int:
     return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
 
 
-def open_below(base: str | Path, *parts: str) -> int | None:
+def open_below(base: str | Path, *parts: str, follow_base: bool = False) -> int | None:
     """A descriptor of the directory `base/parts...`, reached without following any symlink
-    (`base` itself included); None when one of them is missing or is not a real directory.
-    The caller closes it."""
+    (`base` itself included, unless `follow_base`); None when one of them is missing or is not
+    a real directory. The caller closes it."""
     try:
-        fd = _open_dir(base)
+        fd = os.open(base, _DIR_FLAGS & ~os.O_NOFOLLOW) if follow_base else _open_dir(base)
     except OSError:
         return None
     for part in parts:

@@ -518,7 +518,7 @@ class BinaryCache:
         directory of root, always reached through its descriptor (`/proc/self/fd/N` for the
         code that wants paths): renaming it does not redirect us."""
         work_name = f".slapos-cache-{key}-{secrets.token_hex(4)}"
-        root_fd = tenantfs.open_dir(self.software_root)
+        root_fd = tenantfs.open_dir(self.software_root, follow_base=True)
         try:
             os.mkdir(work_name, 0o700, dir_fd=root_fd)
             work_fd = os.open(work_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,

@@ -387,7 +387,7 @@ class InstanceRun:
         if url not in self._software_cache:
             # the software user owns the release: nothing there is followed, nothing blocks us
             directory = software_directory(self.settings.software_root, url)
-            fd = tenantfs.open_below(self.settings.software_root, directory.name)
+            fd = tenantfs.open_below(self.settings.software_root, directory.name, follow_base=True)
             stamp, periodicity = "missing", None
             if fd is not None:
                 try:
@@ -466,7 +466,7 @@ class InstanceRun:
         """The text of the release's `instance.cfg` (or `template.cfg`). The software user owns
         the release: the file is read through a descriptor of its directory, as a regular file
         (a link to a file of root, a FIFO, a device are refused), of bounded size."""
-        fd = tenantfs.open_below(self.settings.software_root, software.name)
+        fd = tenantfs.open_below(self.settings.software_root, software.name, follow_base=True)
         try:
             if fd is None or not _exists(".completed", fd):
                 raise PartitionError(

@@ -386,7 +386,7 @@ class SoftwareAgent:
         owner = self.owner
         try:
             return tenantfs.open_dir(self.software_root, key, *parts, create=create, mode=0o755,
-                                     owner=(owner.uid, owner.gid) if owner else None)
+                                     owner=(owner.uid, owner.gid) if owner else None, follow_base=True)
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise SlapOSError(f"{Path(self.software_root, key, *parts)} is a symbolic link or not a "

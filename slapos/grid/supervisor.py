@@ -323,7 +323,7 @@ class Supervisor:
         tenant replaces changes nothing for root: supervisord never opens it)."""
         st = os.stat(partition_path)
         gid = st.st_gid if os.geteuid() == 0 else -1
-        fd = tenantfs.open_dir(self.instance_root, "var", "program-log", create=True, mode=0o711)
+        fd = tenantfs.open_dir(self.instance_root, "var", "program-log", create=True, mode=0o711, follow_base=True)
         try:
             try:
                 os.mkdir(partition_id, 0o750, dir_fd=fd)
