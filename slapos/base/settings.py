@@ -41,6 +41,7 @@ class NodeSettings:
     forbid_supervisord_automatic_launch: bool = False
     local_restart: bool = True
     watchdog_command: str | None = None
+    max_retention_delay: float = 90.0  # days a destroyed partition may ask to be kept, at most
     networkcache: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -86,11 +87,14 @@ class NodeSettings:
             forbid_supervisord_automatic_launch=config.get_bool(s, "forbid_supervisord_automatic_launch", False),
             local_restart=config.get_bool(s, "local_restart", True),
             watchdog_command=config.get(s, "watchdog_command", None),
+            max_retention_delay=config.get_float(s, "max_retention_delay", 90.0),
             networkcache=config.section("networkcache"),
         )
         for key, value in overrides.items():
             if value is not None:
                 setattr(settings, key, value)
+        if not 0 <= settings.max_retention_delay < float("inf"):
+            raise ConfigError("[slapos] max_retention_delay is a number of days, 0 or more")
         if (settings.key_file is None) != (settings.cert_file is None):
             raise ConfigError("[slapos] key_file and cert_file go together: set both or neither")
         return settings

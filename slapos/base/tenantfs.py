@@ -88,6 +88,189 @@ def write_small(path: str | Path, data: bytes, mode: int = 0o644, owner: tuple[i
         raise
 
 
+class UnsafeFile(OSError):
+    """A name in a tenant's tree is not the regular file we expected (a link, a FIFO, a device,
+    a hard link to someone else's file) or is larger than we accept."""
+
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def read_regular(name: str | Path, limit: int, dir_fd: int | None = None, uid: int | None = None) -> bytes:
+    """The whole content of the regular file `name` (in `dir_fd` when given), never following
+    a link and never blocking. FileNotFoundError when it is missing, UnsafeFile when it is not
+    a regular file or holds more than `limit` bytes: a truncated profile must not be used.
+    With `uid`, a file of another user is refused too (UnsafeFile)."""
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafeFile(errno.ELOOP, f"{name} is a symbolic link") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFile(errno.EINVAL, f"{name} is not a regular file")
+        if uid is not None and st.st_uid != uid:
+            raise UnsafeFile(errno.EPERM, f"{name} belongs to uid {st.st_uid}, not {uid}")
+        if st.st_size > limit:
+            raise UnsafeFile(errno.EFBIG, f"{name} is larger than {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:  # read to the end: the file may grow meanwhile
+            data = os.read(fd, limit + 1 - size)
+            if not data:
+                break
+            chunks.append(data)
+            size += len(data)
+        if size > limit:
+            raise UnsafeFile(errno.EFBIG, f"{name} is larger than {limit} bytes")
+        content = b"".join(chunks)
+        return content
+    finally:
+        os.close(fd)
+
+
+def open_dir(base: str | Path, *parts: str, create: bool = False, mode: int = 0o755,
+             owner: tuple[int, int] | None = None, follow_base: bool = False) -> int:
+    """A descriptor of `base/parts...`: `base` is trusted (its parent belongs to root), no
+    component below it is followed when it is a link (OSError ELOOP or ENOTDIR). With
+    `create`, missing components are made with `mode` and given to `owner`. `follow_base`:
+    `base` itself may be a link (a `software_root` the operator configured as one). The caller
+    closes the descriptor."""
+    fd = os.open(base, _DIR_FLAGS & ~os.O_NOFOLLOW) if follow_base else _open_dir(base)
+    try:
+        for part in parts:
+            try:
+                child = _open_dir(part, fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(part, mode, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                child = _open_dir(part, fd)
+                os.fchmod(child, mode)
+                if owner is not None and os.geteuid() == 0:
+                    os.fchown(child, *owner)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_at(dir_fd: int, name: str, data: bytes | str, mode: int = 0o644,
+             owner: tuple[int, int] | None = None) -> None:
+    """Atomically replace `name` in the directory `dir_fd`: a fresh temporary file with a random
+    name (created exclusively, never through a link), renamed over the target (a link or FIFO
+    planted at `name` is replaced, never written through)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    tmp = f".{name}.{os.urandom(4).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            if owner is not None and os.geteuid() == 0:
+                os.fchown(fd, *owner)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+
+
+def open_append(name: str, dir_fd: int, mode: int = 0o644, owner: tuple[int, int] | None = None) -> int:
+    """A descriptor appending to the regular file `name` of `dir_fd` (created when missing).
+
+    What a tenant may have put at that name is never written through: a link, a FIFO (opening
+    one never blocks: O_NONBLOCK), a device, a file hard-linked elsewhere or a file of another
+    user is moved out of the way (unlinked) and a fresh file is created exclusively."""
+    allowed = {os.geteuid()} | ({owner[0]} if owner else set())
+    for _ in range(3):
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dir_fd)
+        except FileNotFoundError:
+            fd = None
+        except OSError as e:  # ELOOP (a link), ENXIO (a FIFO without reader), EISDIR...
+            if e.errno == errno.EISDIR:
+                raise UnsafeFile(errno.EISDIR, f"{name} is a directory") from None
+            _unlink_quiet(name, dir_fd)
+            fd = None
+        if fd is not None:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid in allowed:
+                os.set_blocking(fd, True)
+                return fd
+            os.close(fd)
+            _unlink_quiet(name, dir_fd)
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         mode, dir_fd=dir_fd)
+        except FileExistsError:  # planted again between unlink and create: try again
+            continue
+        try:
+            os.fchmod(fd, mode)
+            if owner is not None and os.geteuid() == 0:
+                os.fchown(fd, *owner)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    raise UnsafeFile(errno.EBUSY, f"{name} keeps being replaced: not writing to it")
+
+
+def _unlink_quiet(name: str, dir_fd: int) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        raise UnsafeFile(errno.EISDIR, f"{name} is a directory") from None
+
+
+def chown_tree(dir_fd: int, uid: int, gid: int) -> None:
+    """Give the tree of the open directory `dir_fd` (itself included) to uid:gid, never
+    following a link (links themselves are given, with lchown semantics) and never leaving
+    the tree, whatever is renamed meanwhile: each sub-directory is opened relative to its
+    parent's descriptor with O_NOFOLLOW."""
+    os.fchown(dir_fd, uid, gid)
+    stack = [os.dup(dir_fd)]
+    try:
+        while stack:
+            fd = stack.pop()
+            try:
+                with os.scandir(fd) as entries:
+                    names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+                for name, is_dir in names:
+                    if is_dir:
+                        try:
+                            child = _open_dir(name, fd)
+                        except OSError:  # replaced by a link meanwhile: given, not followed
+                            os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+                            continue
+                        os.fchown(child, uid, gid)
+                        stack.append(child)
+                    else:
+                        os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+            finally:
+                os.close(fd)
+    finally:
+        for fd in stack:
+            os.close(fd)
+
+
 def remove_file(path: str | Path) -> bool:
     """Unlink a file or symlink (never what it points to); True if something was removed."""
     try:
@@ -101,12 +284,12 @@ def _open_dir(name: str | Path, dir_fd: int | None = None) -> int:
     return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
 
 
-def open_below(base: str | Path, *parts: str) -> int | None:
+def open_below(base: str | Path, *parts: str, follow_base: bool = False) -> int | None:
     """A descriptor of the directory `base/parts...`, reached without following any symlink
-    (`base` itself included); None when one of them is missing or is not a real directory.
-    The caller closes it."""
+    (`base` itself included, unless `follow_base`); None when one of them is missing or is not
+    a real directory. The caller closes it."""
     try:
-        fd = _open_dir(base)
+        fd = os.open(base, _DIR_FLAGS & ~os.O_NOFOLLOW) if follow_base else _open_dir(base)
     except OSError:
         return None
     for part in parts:

@@ -513,13 +513,14 @@ class JsonFile:
     def plan(self) -> list[Action]:
         current, mode = None, None
         try:
-            with open(self.path, "rb") as f:
-                mode = os.fstat(f.fileno()).st_mode & 0o7777
-                current = json.loads(f.read())
+            # the partition user owns the directory: a link, FIFO or huge file at this name is
+            # not followed, does not block us, and is replaced; so is a copy of that user's
+            mode = os.lstat(self.path).st_mode & 0o7777
+            current = json.loads(tenantfs.read_regular(self.path, 1 << 20, uid=os.geteuid()))
         except (FileNotFoundError, NotADirectoryError):
             pass
         except (OSError, ValueError):
-            current = {}  # unreadable or damaged: rewrite it
+            current = {}  # unreadable, damaged or not ours: rewrite it
         if current == self.data and mode == self.mode:
             return []
         verb = "write" if mode is None else "update"

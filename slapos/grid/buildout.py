@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from slapos.base import tenantfs
 from slapos.base.errors import SlapOSError
@@ -69,7 +70,7 @@ def run_buildout(
     settings,
     identity: Identity | None,
     timeout: float | None = None,
-    log_file: str | Path | None = None,
+    log_file: str | Path | BinaryIO | None = None,
     on_line: Callable[[str], None] | None = None,
     newest: bool = False,
     debug: bool = False,
@@ -81,7 +82,8 @@ def run_buildout(
     """Run buildout in `directory` (cwd and `buildout:directory`) as `identity` (None: as we are).
 
     `settings` (NodeSettings or None) contributes `[slapos] path` to PATH. Output goes to `log_file`
-    (appended) and, line by line, to `on_line`. With `debug` (`-D`), buildout's output goes to the
+    (appended; an open binary file is written to and left open: how callers hand a log they
+    opened safely in a tenant's tree) and, line by line, to `on_line`. With `debug` (`-D`), buildout's output goes to the
     terminal and its post-mortem debugger can be used: nothing is captured.
     """
     directory = Path(directory)
@@ -89,7 +91,7 @@ def run_buildout(
     environment = env if env is not None else buildout_environment(directory, settings)
     if debug:
         return _run_in_terminal(argv, directory, environment, identity, timeout)
-    if log_file is not None:
+    if isinstance(log_file, (str, Path)):
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     return process.run(
         argv,
@@ -151,11 +153,14 @@ def release_buildout(software: str | Path) -> Path | None:
     return Path(software) / "bin" / "buildout"
 
 
-def write_runner_script(path: str | Path, python: str | None = None) -> bool:
+def write_runner_script(path: str | Path, python: str | None = None, *, dir_fd: int | None = None,
+                        owner: tuple[int, int] | None = None) -> bool:
     """Write a `bin/buildout` that re-runs the same buildout by hand (`cd <dir> && bin/buildout`).
 
     Its shebang names the Python that builds (the node's), which is also the Python plugin
-    promises use. Returns True when the file was (re)written.
+    promises use. Returns True when the file was (re)written. With `dir_fd` (the `bin`
+    directory of a release, owned by the software user), only `path.name` is used, relative to
+    it, and nothing that user put there is followed.
     """
     path = Path(path)
     text = (
@@ -166,6 +171,11 @@ def write_runner_script(path: str | Path, python: str | None = None) -> bool:
         f"from {RUNNER_MODULE} import main\n"
         "sys.exit(main())\n"
     )
+    if dir_fd is not None:
+        if tenantfs.read_small(path.name, 1 << 16, dir_fd=dir_fd) == text.encode():
+            return False
+        tenantfs.write_at(dir_fd, path.name, text, 0o755, owner)
+        return True
     try:
         if path.read_text() == text:
             return False

@@ -30,7 +30,9 @@ modern signatures of `signature-certificate-list`). Their metadata (`software_ur
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
+import errno
 import gzip
 import hashlib
 import json
@@ -46,19 +48,20 @@ import sys
 import sysconfig
 import tarfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from slapos.base import tenantfs
 from slapos.base.errors import ConfigError, SlapOSError
 
+from .cache_archive import LOCAL_ONLY, write_archive  # noqa: F401 - LOCAL_ONLY is part of our API
 from .process import Identity
 
 logger = logging.getLogger("slapos.software")
 
 # Files of a software directory that are local state, never published.
-LOCAL_ONLY = {".completed", ".slapgrid", ".netrc", ".shared"}
 MAX_DIRECTORY_ANSWER = 8 << 20  # a shadir answer is a small JSON list
 CHUNK = 1 << 20
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.S)
@@ -297,26 +300,53 @@ class Entry:
 # -- archives ---------------------------------------------------------------------------------
 
 def make_archive(directory: Path, top: str, destination: Path) -> tuple[str, int]:
-    """tar.gz of `directory` as `<top>/…` without local-only files; returns (sha512, size)."""
-
-    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        parts = info.name.split("/")
-        if len(parts) > 1 and parts[1] in LOCAL_ONLY:
-            return None
-        if not (info.isreg() or info.isdir() or info.issym() or info.islnk()):
-            return None  # sockets, fifos: runtime leftovers
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        info.mode &= 0o777
-        return info
-
-    with tarfile.open(destination, "w:gz", compresslevel=6) as tar:
-        tar.add(str(directory), arcname=top, filter=keep)
+    """tar.gz of `directory` (a tree we may read as we are) as `<top>/…` without local-only
+    files; returns (sha512, size)."""
+    with open(destination, "wb") as out:
+        write_archive(str(directory), top, out)
     digest = hashlib.sha512()
     with open(destination, "rb") as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest(), destination.stat().st_size
+
+
+def archive_as(directory: Path, top: str, out: BinaryIO, identity: Identity | None) -> tuple[str, int]:
+    """`make_archive` of a tree that belongs to `identity` (the software user), walked by a
+    child switched to that user (slapos.grid.cache_archive): root never walks a tree the
+    builder may be changing under it. The stream is written to `out` (a file of root's) and
+    hashed as it comes; returns (sha512, size)."""
+    import subprocess
+    import tempfile
+
+    from .process import _demote, clean_environment, kill_tree
+
+    argv = [sys.executable, "-I", "-m", "slapos.grid.cache_archive", str(directory), top]
+    digest = hashlib.sha512()
+    size = 0
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(argv, cwd="/", env=clean_environment(identity.home if identity else "/", tmpdir="/tmp"),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
+                                preexec_fn=_demote(identity, 0o022), start_new_session=True, close_fds=True)
+        try:
+            assert proc.stdout is not None
+            while chunk := proc.stdout.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+            code = proc.wait()
+        except BaseException:
+            kill_tree(proc.pid)
+            proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
+        if code != 0:
+            errors.seek(0)
+            text = errors.read(4096).decode("utf-8", "replace").strip().splitlines()
+            raise CacheError(f"archiving {directory} failed (exit {code}): {text[-1] if text else 'no output'}")
+    out.flush()
+    return digest.hexdigest(), size
 
 
 def _inside(path: str, root: str) -> bool:
@@ -456,13 +486,6 @@ def safe_extract(archive: Path, top: str, staging: Path, final: Path) -> None:
             raise CacheRefused(f"archive link {name!r} escapes the software directory once its links are followed")
     for directory, mode in sorted(directories, key=lambda d: len(d[0].parts), reverse=True):
         os.chmod(directory, mode)
-
-
-def chown_tree(root: Path, identity: Identity) -> None:
-    os.lchown(root, identity.uid, identity.gid)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), identity.uid, identity.gid)
 
 
 # -- the client -------------------------------------------------------------------------------
@@ -635,21 +658,60 @@ class BinaryCache:
     # fetch --------------------------------------------------------------------------------
     def fetch(self, entry: Entry, key: str, final: Path, owner: Identity | None) -> None:
         """Download, verify and unpack the archive of `entry` to `final` (which must not exist)."""
-        token = secrets.token_hex(4)
-        archive = self.software_root / f".{key}.download-{token}"
-        staging = self.software_root / f".{key}.unpack-{token}"
-        content_url = f"{self.config.download_cache_url.rstrip('/')}/{entry.sha512}"
-        try:
-            self._download(content_url, archive, entry)
-            staging.mkdir(mode=0o755)
-            safe_extract(archive, key, staging, final)
+        with self._private_directory(key) as (root_fd, work_fd):
+            work = Path(f"/proc/self/fd/{work_fd}")
+            content_url = f"{self.config.download_cache_url.rstrip('/')}/{entry.sha512}"
+            self._download(content_url, work / "archive", entry)
+            os.mkdir("tree", 0o755, dir_fd=work_fd)
+            safe_extract(work / "archive", key, work / "tree", final)
             if owner is not None:
-                chown_tree(staging, owner)
-            os.rename(staging, final)
+                tree_fd = os.open("tree", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  dir_fd=work_fd)
+                try:
+                    tenantfs.chown_tree(tree_fd, owner.uid, owner.gid)
+                finally:
+                    os.close(tree_fd)
+            os.rename("tree", final.name, src_dir_fd=work_fd, dst_dir_fd=root_fd)
+
+    @contextlib.contextmanager
+    def _private_directory(self, key: str) -> Iterator[tuple[int, int]]:
+        """(software_root fd, fd of a fresh 0700 directory of root's in it), removed afterwards.
+
+        The software user owns software_root and could rename or replace anything we create
+        there by name. So downloads, unpacked trees and archives to upload live in a private
+        directory of root, always reached through its descriptor (`/proc/self/fd/N` for the
+        code that wants paths): renaming it does not redirect us."""
+        work_name = f".slapos-cache-{key}-{secrets.token_hex(4)}"
+        root_fd = tenantfs.open_dir(self.software_root, follow_base=True)
+        try:
+            os.mkdir(work_name, 0o700, dir_fd=root_fd)
+            work_fd = os.open(work_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=root_fd)
+            try:
+                yield root_fd, work_fd
+            finally:
+                os.close(work_fd)
+                self._remove_work(root_fd, work_name)
         finally:
-            archive.unlink(missing_ok=True)
-            if staging.exists():
-                remove_tree(staging)
+            os.close(root_fd)
+
+    @staticmethod
+    def _remove_work(root_fd: int, name: str) -> None:
+        """Remove our private directory, if it is still ours (the builder may have renamed it
+        and put something else at its name: that is left alone)."""
+        try:
+            st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            return
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+        try:
+            tenantfs.wipe_content(f"/proc/self/fd/{fd}/.")  # "/.": the magic link is followed
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.rmdir(name, dir_fd=root_fd)
 
     def _download(self, url: str, destination: Path, entry: Entry) -> None:
         response = self._request("GET", url, self.config.shacache_tls, stream=True)
@@ -678,40 +740,45 @@ class BinaryCache:
             raise CacheRefused(f"archive from {url} does not match its signed SHA-512 (tampered or corrupt)")
 
     # publish ------------------------------------------------------------------------------
-    def publish(self, url: str, key: str, directory: Path) -> str:
-        """Archive `directory`, upload it and its signed entry; returns the archive's SHA-512."""
+    def publish(self, url: str, key: str, directory: Path, owner: Identity | None = None) -> str:
+        """Archive `directory` (as `owner`, the software user: see `archive_as`), upload it and
+        its signed entry; returns the archive's SHA-512."""
         private_key = load_private_key(self.config.signature_private_key_file)
-        archive = self.software_root / f".{key}.upload-{secrets.token_hex(4)}"
-        try:
-            sha512, size = make_archive(directory, key, archive)
-            cache_url = self.config.upload_cache_url.rstrip("/")
-            with open(archive, "rb") as f:
-                response = self._request(
-                    "POST", cache_url, self.config.shacache_tls, data=f,
-                    headers={"Content-Type": "application/octet-stream"},
-                )
-            if response.status_code not in (200, 201):
-                raise CacheError(f"binary cache {cache_url} refused the archive: HTTP {response.status_code}")
-            answered = response.text.strip()
-            if answered != sha512:
-                raise CacheError(f"binary cache {cache_url} stored the archive as {answered[:20]}…, expected {sha512[:20]}…")
-            metadata = {
-                "software_url": url,
-                "software_root": str(self.software_root),
-                **self.tags,
-                "sha512": sha512,
-                "size": size,
-                "creation_date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            }
-            text = json.dumps(metadata, sort_keys=True)
-            signature = base64.b64encode(sign(private_key, text.encode())).decode()
-            dir_url = f"{self.config.upload_dir_url.rstrip('/')}/{key}"
-            response = self._request("PUT", dir_url, self.config.shadir_tls, json=[text, signature])
-            if response.status_code not in (200, 201):
-                raise CacheError(f"binary cache directory {dir_url} refused the entry: HTTP {response.status_code}")
-            return sha512
-        finally:
-            archive.unlink(missing_ok=True)
+        with self._private_directory(key) as (_root_fd, work_fd):
+            fd = os.open("archive", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=work_fd)
+            with os.fdopen(fd, "w+b") as archive:
+                sha512, size = archive_as(directory, key, archive, owner)
+                archive.seek(0)
+                return self._upload(url, key, archive, sha512, size, private_key)
+
+    def _upload(self, url: str, key: str, f: BinaryIO, sha512: str, size: int, private_key) -> str:
+        """Upload the archive `f`, then its signed entry in the directory; returns the SHA-512."""
+        cache_url = self.config.upload_cache_url.rstrip("/")
+        response = self._request(
+            "POST", cache_url, self.config.shacache_tls, data=f,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        if response.status_code not in (200, 201):
+            raise CacheError(f"binary cache {cache_url} refused the archive: HTTP {response.status_code}")
+        answered = response.text.strip()
+        if answered != sha512:
+            raise CacheError(f"binary cache {cache_url} stored the archive as {answered[:20]}…, expected {sha512[:20]}…")
+        metadata = {
+            "software_url": url,
+            "software_root": str(self.software_root),
+            **self.tags,
+            "sha512": sha512,
+            "size": size,
+            "creation_date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        text = json.dumps(metadata, sort_keys=True)
+        signature = base64.b64encode(sign(private_key, text.encode())).decode()
+        dir_url = f"{self.config.upload_dir_url.rstrip('/')}/{key}"
+        response = self._request("PUT", dir_url, self.config.shadir_tls, json=[text, signature])
+        if response.status_code not in (200, 201):
+            raise CacheError(f"binary cache directory {dir_url} refused the entry: HTTP {response.status_code}")
+        return sha512
 
     def close(self) -> None:
         if self._session is not None:
@@ -720,18 +787,17 @@ class BinaryCache:
 
 
 def remove_tree(path: Path) -> None:
-    """rmtree that also removes read-only directories (fixing permissions as it goes)."""
-
-    def fix(function, name, *_):
-        try:
-            os.chmod(os.path.dirname(name), stat.S_IRWXU)
-            if os.path.isdir(name) and not os.path.islink(name):
-                os.chmod(name, stat.S_IRWXU)
-            function(name)
-        except FileNotFoundError:
-            pass
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=fix)
-    else:
-        shutil.rmtree(path, onerror=fix)
+    """Remove a tree a build wrote (read-only directories included) without ever following a
+    link or leaving the tree (tenantfs.wipe_content); a link at `path` itself is removed, not
+    followed. OSError when something could not be removed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    result = tenantfs.wipe_content(path)
+    if not result.ok:
+        raise OSError(errno.ENOTEMPTY, "; ".join(result.errors[:3]), str(path))
+    os.rmdir(path)

@@ -46,6 +46,8 @@ RETENTION_DATE_FILE = ".slapos-retention-lock-date"
 WAIT_LIST_FILE = ".slapos-report-wait-service-list"
 RESOURCE_FILE = ".slapos-resource"  # written by `slapos node format`, read by recipes: kept
 PARTITION_MODE = 0o750
+MAX_RETENTION_DAYS = 90.0  # default of [slapos] max_retention_delay
+WAIT_LIST_MAX = 100  # lines of the wait list looked at
 DESTROY_HOOK_TIMEOUT = 600.0
 _ACTIVE_STATES = {"RUNNING", "STARTING", "BACKOFF", "STOPPING"}
 
@@ -131,6 +133,7 @@ class Destroyer:
         partition.remove_certificate()
         self.wipe_storage(partition_id)
         wipe_partition(partition_id, path)
+        tenantfs.remove_file(_retention_record(path))  # the next tenant starts without a date
         self.supervisor.remove_partition(partition_id)
         return self.report_destroyed(cp, partition_id)
 
@@ -138,16 +141,22 @@ class Destroyer:
 
     def busy_services(self, path: Path) -> list[str]:
         """Processes listed in `.slapos-report-wait-service-list` (`group:name` per line)
-        that are still active."""
-        data = tenantfs.read_small(path / WAIT_LIST_FILE)
+        that are still active. The tenant writes that file: only its own group counts (naming
+        another partition's program must not keep this one alive while the other runs), and
+        only its first WAIT_LIST_MAX lines."""
+        data = tenantfs.read_small(path / WAIT_LIST_FILE, 64 * 1024)
         if not data or not self.supervisor.is_running():
             return []
         busy = []
-        for line in data.decode("utf-8", "replace").splitlines():
+        for line in data.decode("utf-8", "replace").splitlines()[:WAIT_LIST_MAX]:
             name = line.strip()
             if not name or ":" not in name:
                 continue
             group, _, process = name.partition(":")
+            if group != path.name:
+                log.warning("%s: ignoring %s in %s: a partition only waits for its own programs",
+                            path.name, name[:100], WAIT_LIST_FILE)
+                continue
             try:
                 infos = self.supervisor.partition_processes(group)
             except Exception:
@@ -158,17 +167,26 @@ class Destroyer:
         return busy
 
     def retained_until(self, path: Path) -> float | None:
-        """The date until which the partition is kept, or None when it can go now."""
+        """The date until which the partition is kept, or None when it can go now.
+
+        The delay file is in the tenant's directory, so it is capped by `[slapos]
+        max_retention_delay` (days); the date, once fixed, is kept by root in
+        `<instance_root>/var/retention/<id>` (the copy in the partition is for the tenant to
+        read: changing it changes nothing)."""
         delay = tenantfs.read_float(path / RETENTION_DELAY_FILE)
         if delay is None or not delay > 0:
             return None
+        delay = min(delay, float(getattr(self.settings, "max_retention_delay", MAX_RETENTION_DAYS)))
         now = self.clock()
-        date = tenantfs.read_float(path / RETENTION_DATE_FILE)
+        kept = _retention_record(path)
+        date = tenantfs.read_float(kept)
         if date is None or not math.isfinite(date):
-            date = now + delay * 86400 if math.isfinite(delay) else math.inf
+            date = now + delay * 86400
+            directory = kept.parent
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tenantfs.write_small(kept, f"{date!r}\n".encode(), 0o600)
             st = os.lstat(path)
-            text = repr(date) if math.isfinite(date) else "inf"
-            tenantfs.write_small(path / RETENTION_DATE_FILE, f"{text}\n".encode(), 0o644, (st.st_uid, st.st_gid))
+            tenantfs.write_small(path / RETENTION_DATE_FILE, f"{date!r}\n".encode(), 0o644, (st.st_uid, st.st_gid))
         return date if now < date else None
 
     def wipe_storage(self, partition_id: str) -> None:
@@ -204,6 +222,11 @@ class Destroyer:
             return DestroyOutcome(partition_id, KEPT_BY_MASTER, answer)
         log.info("%s: destroyed, the master freed it", partition_id)
         return DestroyOutcome(partition_id, DESTROYED)
+
+
+def _retention_record(path: Path) -> Path:
+    """Root's record of a partition's retention date (outside the tenant's tree)."""
+    return path.parent / "var" / "retention" / path.name
 
 
 def _date(epoch: float) -> str:
@@ -256,7 +279,8 @@ def run_destroy_hook(settings: NodeSettings, partition_id: str, path: Path) -> N
     log.info("%s: running sbin/destroy", partition_id)
     timeout = settings.partition_timeout or DESTROY_HOOK_TIMEOUT
     result = run(
-        [str(hook)], cwd=path, env=clean_environment(home, settings.extra_path), identity=identity,
+        [str(hook)], cwd=path, env=clean_environment(home, settings.extra_path, user=identity.name if identity else None,
+                                     tmpdir=path / "tmp"), identity=identity,
         timeout=timeout,
         on_line=lambda line: log.debug("%s: sbin/destroy: %s", partition_id, line),
     )

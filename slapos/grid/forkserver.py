@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from slapos.base.errors import SlapOSError
 
@@ -182,8 +183,9 @@ class ForkServer:
             if self._dead:
                 raise ForkServerGone(self._dead)
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/", "LANG": "C.UTF-8",
-                   "PYTHONNOUSERSITE": "true"}
+            from .process import clean_environment  # the server's own: each child gets the build's
+
+            env = clean_environment("/", tmpdir="/tmp")
             try:
                 self._proc = subprocess.Popen(
                     [self.python, "-I", "-u", "-m", "slapos.grid.forkserver", str(child.fileno())],
@@ -268,12 +270,12 @@ class ForkServer:
         identity=None,
         umask: int = 0o027,
         timeout: float | None = None,
-        log_file: str | Path | None = None,
+        log_file: str | Path | BinaryIO | None = None,
         on_line: Callable[[str], None] | None = None,
         max_output: int = 1 << 20,
     ):
         """Run buildout with `args` in a forked child; a `slapos.grid.process.Result`."""
-        from .process import ProcessTimeout, Result, kill_tree, pump_output
+        from .process import ProcessTimeout, Result, kill_tree, open_log, pump_output
 
         self.start()
         start = time.monotonic()
@@ -297,7 +299,7 @@ class ForkServer:
                 raise ForkServerGone(f"the buildout fork server is gone: {e}") from None
             finally:
                 os.close(write_fd)
-        log = open(log_file, "ab") if log_file else None
+        log = open_log(log_file)
         try:
             output = pump_output(read_fd, deadline, log, on_line, max_output)
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -318,7 +320,7 @@ class ForkServer:
             raise
         finally:
             os.close(read_fd)
-            if log:
+            if log is not None and log is not log_file:
                 log.close()
             self._waiters.pop(request["id"], None)
         status = waiter.status if waiter.status is not None else 1

@@ -27,6 +27,7 @@ supervisord (it reads supervisord's pidfile and /proc to know it is the one alre
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -39,6 +40,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from slapos.base import tenantfs
 from slapos.base.errors import EXIT_FAILED, EXIT_OFFLINE, EXIT_OK, EXIT_PROMISE_FAILED, SlapOSError
 from slapos.base.safetext import UnsafeValue, buildout_value
 
@@ -56,6 +58,17 @@ PROMISE_RETRY_DELAY = 1.0  # [slapos] promise_retry_delay: before retrying a pro
 START_POLL = 0.1  # seconds between two looks at programs still starting
 
 # buildout.cfg = the software release's instance profile + this tail (SLAP-PROTOCOL §6.5)
+PROFILE_LIMIT = 8 << 20  # bytes of a release's instance.cfg read into a partition's buildout.cfg
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except OSError:
+        return False
+
+
 PROFILE_TAIL = """
 
 # This is beginning of zc.buildout profile's tail added by slapgrid
@@ -410,19 +423,23 @@ class InstanceRun:
         if not url:
             return "", None
         if url not in self._software_cache:
+            # the software user owns the release: nothing there is followed, nothing blocks us
             directory = software_directory(self.settings.software_root, url)
-            try:
-                stamp = str(os.stat(directory / ".completed").st_mtime_ns)
-            except OSError:
-                stamp = "missing"
-            periodicity = None
-            try:
-                text = (directory / "periodicity").read_text().strip()
-                periodicity = int(text)
-            except FileNotFoundError:
-                pass
-            except (OSError, ValueError):
-                log.warning("ignoring %s/periodicity: it must hold a number of seconds", directory)
+            fd = tenantfs.open_below(self.settings.software_root, directory.name, follow_base=True)
+            stamp, periodicity = "missing", None
+            if fd is not None:
+                try:
+                    with contextlib.suppress(OSError):
+                        stamp = str(os.stat(".completed", dir_fd=fd, follow_symlinks=False).st_mtime_ns)
+                    try:
+                        periodicity = int(tenantfs.read_regular("periodicity", 64, dir_fd=fd).strip())
+                    except FileNotFoundError:
+                        pass
+                    except (OSError, ValueError):
+                        log.warning("ignoring %s/periodicity: it must be a small file holding a number of seconds",
+                                    directory)
+                finally:
+                    os.close(fd)
             self._software_cache[url] = (stamp, periodicity)
         return self._software_cache[url]
 
@@ -483,15 +500,32 @@ class InstanceRun:
 
         job.programs = collect_programs(partition.path, _PartitionLog(job.id))
 
-    def instance_profile(self, software: Path, url: str) -> Path:
-        if not (software / ".completed").exists():
-            raise PartitionError(
-                f"software release {url} is not installed on this node yet ({software} has no .completed): "
-                "it is built by 'slapos node software'"
-            )
-        for name in ("instance.cfg", "template.cfg"):
-            if (software / name).is_file():
-                return software / name
+    def instance_profile(self, software: Path, url: str) -> str:
+        """The text of the release's `instance.cfg` (or `template.cfg`). The software user owns
+        the release: the file is read through a descriptor of its directory, as a regular file
+        (a link to a file of root, a FIFO, a device are refused), of bounded size."""
+        fd = tenantfs.open_below(self.settings.software_root, software.name, follow_base=True)
+        try:
+            if fd is None or not _exists(".completed", fd):
+                raise PartitionError(
+                    f"software release {url} is not installed on this node yet ({software} has no .completed): "
+                    "it is built by 'slapos node software'"
+                )
+            builder = os.fstat(fd).st_uid  # a file of anyone else (root's, hard-linked) is refused
+            for name in ("instance.cfg", "template.cfg"):
+                try:
+                    data = tenantfs.read_regular(name, PROFILE_LIMIT, dir_fd=fd, uid=builder)
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    raise PartitionError(f"refusing {software / name}: {e.strerror or e}") from None
+                try:
+                    return data.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise PartitionError(f"{software / name} is not UTF-8 text") from None
+        finally:
+            if fd is not None:
+                os.close(fd)
         raise PartitionError(f"software release {url} has no instance.cfg (nor template.cfg) in {software}")
 
     def refresh_certificate(self, job: Job) -> None:
@@ -501,7 +535,7 @@ class InstanceRun:
         if job.partition.write_certificate(certificate.get("certificate"), certificate.get("key")):
             self.partition_log(job, "certificate written")
 
-    def render_profile(self, job: Job, template: Path) -> str:
+    def render_profile(self, job: Job, template: str) -> str:
         s, d = self.settings, job.desired
         certs = job.partition.certificate_files()  # empty when the master gave none (reference)
         values = {
@@ -522,7 +556,7 @@ class InstanceRun:
                 values[key] = "\n  ".join(buildout_value(key, item, where) for item in items)
         except UnsafeValue as e:
             raise PartitionError(str(e)) from None
-        return template.read_text(encoding="utf-8") + PROFILE_TAIL.format(**values)
+        return template + PROFILE_TAIL.format(**values)
 
     def run_buildout(self, job: Job) -> None:
         from . import process
@@ -537,8 +571,6 @@ class InstanceRun:
         path = job.partition.path
         identity = process.identity_for(path, f"the buildout of partition {job.id}")
         env = buildout_environment(path, self.settings, SLAPGRID_INSTANCE_ROOT=str(self.settings.instance_root))
-        log_file = job.partition.log_path
-        job.partition.ensure_slapgrid()
         timeout = self.settings.partition_timeout
         progress = _PartitionLog(job.id)
 
@@ -549,27 +581,30 @@ class InstanceRun:
         argv = buildout_argv(path)
         args = argv[argv.index(RUNNER_MODULE) + 1:]
         own = release_buildout(software_directory(self.settings.software_root, job.desired.software_release_url))
-        if own is not None and not self.options.buildout_debug:
-            # the release brought its own buildout (as on the reference): it runs the profile
-            self.partition_log(job, f"running the software release's own {own}")
-            result = process.run([str(own), *args], cwd=path, env=env, identity=identity, umask=0o027,
-                                 timeout=timeout, log_file=log_file, on_line=on_line)
-        elif self.options.buildout_debug:
+        if self.options.buildout_debug:
             result = run_buildout(path, self.settings, identity, timeout=timeout, debug=True, env=env)
         else:
             from .forkserver import ForkServerGone
 
-            server = self.forkserver()
             result = None
-            if server is not None:
-                try:
-                    result = server.run(args, cwd=path, env=env, identity=identity, timeout=timeout,
-                                        log_file=log_file, on_line=on_line)
-                except ForkServerGone as e:
-                    self.partition_log(job, f"{e}: running buildout as a process of its own", logging.WARNING)
-            if result is None:
-                result = run_buildout(path, self.settings, identity, timeout=timeout, log_file=log_file,
-                                      on_line=on_line, env=env)
+            with job.partition.open_log() as log_file:  # opened safely here, appended by the run
+                if own is not None:
+                    # the release brought its own buildout (as on the reference): it runs the profile
+                    self.partition_log(job, f"running the software release's own {own}")
+                    result = process.run([str(own), *args], cwd=path, env=env, identity=identity, umask=0o027,
+                                         timeout=timeout, log_file=log_file, on_line=on_line)
+                else:
+                    server = self.forkserver()
+                    if server is not None:
+                        try:
+                            result = server.run(args, cwd=path, env=env, identity=identity, timeout=timeout,
+                                                log_file=log_file, on_line=on_line)
+                        except ForkServerGone as e:
+                            self.partition_log(job, f"{e}: running buildout as a process of its own",
+                                               logging.WARNING)
+                    if result is None:
+                        result = run_buildout(path, self.settings, identity, timeout=timeout, log_file=log_file,
+                                              on_line=on_line, env=env)
         if not result.ok:
             lines = [line.strip() for line in result.output.splitlines() if line.strip()]
             reason = next((line for line in reversed(lines) if line.startswith("Error:")), lines[-1] if lines else "")

@@ -26,7 +26,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from slapos.base import tenantfs
 from slapos.base.errors import SlapOSError
@@ -102,56 +102,20 @@ def open_dir(base: Path, *parts: str, create: bool = False, mode: int = 0o755,
     `base` itself (the partition directory) is trusted: its parent belongs to root. Missing
     components are created (with `mode`, and given to `owner`) when `create` is true.
     """
-    fd = os.open(base, _DIR_FLAGS)
     try:
-        for part in parts:
-            try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                try:
-                    os.mkdir(part, mode, dir_fd=fd)
-                except FileExistsError:
-                    pass
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                os.fchmod(child, mode)
-                if owner is not None:
-                    os.fchown(child, *owner)
-            except OSError as e:
-                if e.errno in (errno.ELOOP, errno.ENOTDIR):  # someone put a link (or a file) there
-                    raise PartitionError(
-                        f"{Path(base, *parts)} is a symbolic link or not a directory: refusing to use it") from None
-                raise
-            os.close(fd)
-            fd = child
+        fd = tenantfs.open_dir(base, *parts, create=create, mode=mode, owner=owner)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):  # someone put a link (or a file) there
+            raise PartitionError(
+                f"{Path(base, *parts)} is a symbolic link or not a directory: refusing to use it") from None
+        raise
+    try:
         yield fd
     finally:
         os.close(fd)
 
 
-def write_at(dir_fd: int, name: str, data: bytes | str, mode: int = 0o644,
-             owner: tuple[int, int] | None = None) -> None:
-    """Atomically replace `name` in the directory `dir_fd`: fresh temp file, fsync-free rename."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    tmp = f".{name}.{os.urandom(4).hex()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            if owner is not None:
-                os.fchown(fd, *owner)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
+write_at = tenantfs.write_at  # atomic replace in a directory fd (see tenantfs.write_at)
 
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO must not block us
@@ -354,8 +318,10 @@ class Partition:
                 open_dir(self.path, ".slapgrid", "log", create=True, mode=0o700, owner=owner):
             pass
 
-    def append_log(self, text: str) -> None:
-        """Append to `.slapgrid/log/instance.log` (moved to `.1` once it passes 20 MB)."""
+    def open_log(self) -> BinaryIO:
+        """`.slapgrid/log/instance.log` opened for appending (moved to `.1` once it passes
+        20 MB), through directory descriptors: a link, FIFO or hard link the tenant put at that
+        name is replaced, never written through (tenantfs.open_append)."""
         self.ensure_slapgrid()
         with open_dir(self.path, ".slapgrid", "log") as fd:
             try:
@@ -363,12 +329,12 @@ class Partition:
                     os.replace("instance.log", "instance.log.1", src_dir_fd=fd, dst_dir_fd=fd)
             except FileNotFoundError:
                 pass
-            lfd = os.open("instance.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          0o644, dir_fd=fd)
-            try:
-                os.write(lfd, text.encode("utf-8", "replace"))
-            finally:
-                os.close(lfd)
+            return os.fdopen(tenantfs.open_append("instance.log", fd, 0o644, self.file_owner()), "ab")
+
+    def append_log(self, text: str) -> None:
+        """Append a line of the node's own to `.slapgrid/log/instance.log`."""
+        with self.open_log() as log:
+            log.write(text.encode("utf-8", "replace"))
 
     # -- deployment files -----------------------------------------------------------------------
     def link_software_release(self, software_dir: Path) -> None:

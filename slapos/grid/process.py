@@ -18,16 +18,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from slapos.base.errors import PrivilegeError, SlapOSError
 
-# Variables that would leak the agent's Python or locale into a build (reference §6.11).
-_DROPPED_ENV = {
-    "PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONY2K", "PYTHONOPTIMIZE", "PYTHONDEBUG",
-    "PYTHONDONTWRITEBYTECODE", "PYTHONINSPECT", "PYTHONUNBUFFERED", "PYTHONVERBOSE", "CONFIG_SITE",
-    "ENV", "LOGNAME", "USER", "TEMP", "TMP", "TMPDIR", "LANG", "LANGUAGE", "VIRTUAL_ENV",
-    "PYTEST_CURRENT_TEST", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_TESTRUNUID",
-}
+# The only variables a child of the node inherits from the agent (buildouts, services through
+# supervisord, promises, destroy hooks, report scripts): everything else (tokens, SSH_AUTH_SOCK,
+# AWS_*, the agent's PYTHON* and locale) stays with root. The proxy variables are the node
+# operator's way out to the network, which builds need.
+INHERITED_ENV = (
+    "TZ", "http_proxy", "https_proxy", "ftp_proxy", "no_proxy",
+    "HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY",
+)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -82,15 +84,29 @@ def identity_for(directory: str | Path, what: str) -> Identity | None:
     return ident
 
 
-def clean_environment(home: str | Path, extra_path: Sequence[str] = (), **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV and not k.startswith("LC_")}
-    path = env.get("PATH") or DEFAULT_PATH
+def clean_environment(home: str | Path, extra_path: Sequence[str] = (), *, user: str | None = None,
+                      tmpdir: str | Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment of every child the node starts for a tenant or a build (and of
+    supervisord itself): an allow-list, never the agent's own environment.
+
+    PATH (the agent's, or the system default, after `extra_path`), HOME, USER and LOGNAME
+    (`user`, else the owner of `home`), SHELL, LANG=C.UTF-8 (builds must not depend on the
+    operator's locale: no LC_*), TZ and the proxy variables when set, TMPDIR (`tmpdir`, else
+    `<home>/tmp` when it is a directory), PYTHONNOUSERSITE, then `extra`."""
+    env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+    path = os.environ.get("PATH") or DEFAULT_PATH
     if extra_path:
         path = os.pathsep.join([*extra_path, path])
-    env["PATH"] = path
-    env["HOME"] = str(home)
-    env["PYTHONNOUSERSITE"] = "true"
-    env["LANG"] = "C.UTF-8"
+    if user is None:
+        try:
+            user = pwd.getpwuid(os.stat(home).st_uid).pw_name
+        except (OSError, KeyError):
+            user = str(os.getuid())
+    tmp = Path(tmpdir) if tmpdir is not None else Path(home) / "tmp"
+    env.update(PATH=path, HOME=str(home), USER=user, LOGNAME=user, SHELL="/bin/sh", LANG="C.UTF-8",
+               PYTHONNOUSERSITE="true")
+    if os.path.isdir(tmp):
+        env["TMPDIR"] = str(tmp)
     env.update(extra)
     return env
 
@@ -142,6 +158,17 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
                 pass
     except Exception:
         pass
+
+
+def open_log(log_file: str | Path | BinaryIO | None) -> BinaryIO | None:
+    """The file a child's output is appended to: a path is opened here (a place of the node's
+    own); an open binary file is used as given (the caller opened it safely in a tenant's tree,
+    see `tenantfs.open_append`) and left open."""
+    if log_file is None:
+        return None
+    if isinstance(log_file, (str, os.PathLike)):
+        return open(log_file, "ab")
+    return log_file
 
 
 @dataclass
@@ -206,7 +233,7 @@ def run(
     identity: Identity | None = None,
     umask: int | None = 0o027,
     timeout: float | None = None,
-    log_file: str | Path | None = None,
+    log_file: str | Path | BinaryIO | None = None,
     on_line: Callable[[str], None] | None = None,
     max_output: int = 1 << 20,
 ) -> Result:
@@ -215,7 +242,7 @@ def run(
     On timeout the whole process tree is killed and ProcessTimeout raised.
     """
     start = time.monotonic()
-    log = open(log_file, "ab") if log_file else None
+    log = open_log(log_file)
     try:
         proc = subprocess.Popen(
             list(argv),
@@ -229,7 +256,7 @@ def run(
             close_fds=True,
         )
     except OSError as e:
-        if log:
+        if log is not None and log is not log_file:
             log.close()
         raise SlapOSError(f"cannot run {argv[0]}: {e.strerror}") from None
     deadline = start + timeout if timeout else None
@@ -249,6 +276,6 @@ def run(
     finally:
         if proc.stdout:
             proc.stdout.close()
-        if log:
+        if log is not None and log is not log_file:
             log.close()
     return Result(returncode, output.decode("utf-8", "replace"), time.monotonic() - start)

@@ -222,7 +222,8 @@ def run_report_scripts(settings: NodeSettings, partition: Partition) -> str | No
     for script in scripts:
         output = partition.path / "var" / "xml_report" / f"{script.name}-{time.time_ns()}.xml"
         try:
-            done = run([script.path, str(output)], cwd=directory, env=clean_environment(home, settings.extra_path),
+            done = run([script.path, str(output)], cwd=directory, env=clean_environment(home, settings.extra_path, user=identity.name if identity else None,
+                                                     tmpdir=partition.path / "tmp"),
                        identity=identity, timeout=REPORT_SCRIPT_TIMEOUT)
         except SlapOSError as e:
             failures.append(f"etc/report/{script.name}: {e}")

@@ -14,16 +14,20 @@ Builds may run side by side (`--jobs N`); every console line names its release.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
+from slapos.base import tenantfs
 from slapos.base.errors import ConfigError, SlapOSError
 
 from . import observe
@@ -189,10 +193,16 @@ def kill_leftover_builds(directory: Path) -> list[int]:
     """Kill processes still working in `directory`: a build left running by an agent that was
     killed (kill -9 does not reach the build, which runs in its own session). We hold the run
     lock, so no build of ours is legitimately running there."""
+
     import psutil
 
     from .process import kill_tree
 
+    try:  # a link planted by the software user (to /, to another release) is not followed
+        if not stat.S_ISDIR(os.lstat(directory).st_mode):
+            return []
+    except OSError:
+        return []
     root = os.path.realpath(directory)
     victims = []
     for proc in psutil.process_iter(["pid", "cwd", "cmdline"]):
@@ -320,7 +330,11 @@ class SoftwareAgent:
         if reason is not None:
             # no .completed: the next run reports again (re-running a finished buildout is cheap)
             return Outcome(url, key, "failed", f"built, but reporting it failed: {reason}", time.monotonic() - start)
-        (path / COMPLETED).write_text(time.asctime() + "\n")
+        fd = self._release_dir(key)
+        try:
+            tenantfs.write_at(fd, COMPLETED, time.asctime() + "\n", 0o644)
+        finally:
+            os.close(fd)
         seconds = time.monotonic() - start
         logger.info("[%s] %s in %s", label, "fetched from the binary cache" if status == "fetched" else "built",
                     _duration(seconds))
@@ -371,63 +385,92 @@ class SoftwareAgent:
             self._owner_loaded = True
         return self._owner
 
-    def _prepare(self, url: str, path: Path) -> None:
+    def _release_dir(self, key: str, *parts: str, create: bool = False) -> int:
+        """A descriptor of `<software_root>/<key>/parts...`, reached without following a link
+        (the software user owns software_root and could plant one anywhere below it); missing
+        directories are created for that user when `create`."""
         owner = self.owner
-        created = not path.exists()
-        if created:
-            path.mkdir(mode=0o755)
-        if owner is not None and created:
-            os.chown(path, owner.uid, owner.gid)
-        profile = path / "buildout.cfg"
-        if not profile.exists():
-            profile.write_text(buildout_profile(url, self.settings))
-            if owner is not None:
-                os.chown(profile, owner.uid, owner.gid)
-        # buildout needs the extends cache before it reads a remote profile (it creates it later)
-        extends_cache = path / "extends-cache"
-        if not extends_cache.exists():
-            extends_cache.mkdir(mode=0o755)
-            if owner is not None:
-                os.chown(extends_cache, owner.uid, owner.gid)
-        from .buildout import write_runner_script
-
-        script = path / "bin" / "buildout"
-        bin_created = not script.parent.exists()
-        write_runner_script(script)
-        if owner is not None:
-            if bin_created:
-                os.chown(script.parent, owner.uid, owner.gid)
-            os.chown(script, owner.uid, owner.gid)
-        import shutil
-
-        home_netrc = Path(owner.home if owner else os.path.expanduser("~")) / ".netrc"
-        if home_netrc.is_file():
-            netrc = path / ".netrc"
-            shutil.copyfile(home_netrc, netrc)
-            os.chmod(netrc, 0o600)
-            if owner is not None:
-                os.chown(netrc, owner.uid, owner.gid)
-
-    def _open_log(self, path: Path, url: str) -> Path:
-        log_dir = path / LOG_DIRECTORY
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log_file = log_dir / LOG_NAME
         try:
-            if log_file.stat().st_size > MAX_LOG_SIZE:
-                os.replace(log_file, log_file.with_name(LOG_NAME + ".1"))
-        except FileNotFoundError:
-            pass
-        with open(log_file, "a", encoding="utf-8") as f:
-            f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} slapos node software: building {url}\n")
-        return log_file
+            return tenantfs.open_dir(self.software_root, key, *parts, create=create, mode=0o755,
+                                     owner=(owner.uid, owner.gid) if owner else None, follow_base=True)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise SlapOSError(f"{Path(self.software_root, key, *parts)} is a symbolic link or not a "
+                                  "directory: refusing to build there") from None
+            raise
+
+    def _prepare(self, url: str, path: Path) -> None:
+        """The files the build starts from, written for the software user without following
+        anything that user put in the release directory."""
+        owner = self.owner
+        own = (owner.uid, owner.gid) if owner else None
+        key = path.name
+        fd = self._release_dir(key, create=True)
+        try:
+            try:
+                regular = stat.S_ISREG(os.stat("buildout.cfg", dir_fd=fd, follow_symlinks=False).st_mode)
+            except FileNotFoundError:
+                regular = False
+            if not regular:  # missing, or a link or FIFO that would hang the build: ours again
+                tenantfs.write_at(fd, "buildout.cfg", buildout_profile(url, self.settings), 0o644, own)
+            # buildout needs the extends cache before it reads a remote profile (it creates it later)
+            os.close(self._release_dir(key, "extends-cache", create=True))
+            from .buildout import write_runner_script
+
+            bin_fd = self._release_dir(key, "bin", create=True)
+            try:
+                write_runner_script(path / "bin" / "buildout", dir_fd=bin_fd, owner=own)
+            finally:
+                os.close(bin_fd)
+            netrc = self._home_netrc(owner)
+            if netrc is not None:
+                tenantfs.write_at(fd, ".netrc", netrc, 0o600, own)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _home_netrc(owner) -> bytes | None:
+        """The builder's `~/.netrc`, copied into the release for buildout's downloads: only a
+        regular file of the builder itself (its home is its own: a link there to root's files
+        must not make us copy them into a directory it reads)."""
+        home = Path(owner.home if owner else os.path.expanduser("~"))
+        try:
+            return tenantfs.read_regular(home / ".netrc", 1 << 20, uid=owner.uid if owner else os.geteuid())
+        except OSError:
+            return None
+
+    def _open_log(self, path: Path, url: str) -> tuple[Path, BinaryIO]:
+        """`<release>/.slapgrid/log/software.log` (the previous one kept as `.1` past 8 MiB),
+        opened for appending through directory descriptors: a link or FIFO the software user put
+        there is replaced, never written through."""
+        owner = self.owner
+        fd = self._release_dir(path.name, *LOG_DIRECTORY.split("/"), create=True)
+        try:
+            try:
+                if os.stat(LOG_NAME, dir_fd=fd, follow_symlinks=False).st_size > MAX_LOG_SIZE:
+                    os.replace(LOG_NAME, LOG_NAME + ".1", src_dir_fd=fd, dst_dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            log_fd = tenantfs.open_append(LOG_NAME, fd, 0o644, (owner.uid, owner.gid) if owner else None)
+        finally:
+            os.close(fd)
+        log = os.fdopen(log_fd, "ab")
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} slapos node software: building {url}\n".encode())
+        log.flush()
+        return path / LOG_DIRECTORY / LOG_NAME, log
 
     def _build(self, url: str, key: str, label: str, path: Path) -> None:
-        from .buildout import run_buildout
-        from .process import ProcessTimeout, identity_for
-
         self._prepare(url, path)
-        identity = identity_for(path, f"buildout of {url}")
-        log_file = self._open_log(path, url)
+        # the owner of software_root, not of `path`: a link put there must not choose who builds
+        identity = self.owner
+        log_file, log = self._open_log(path, url)
+        with log:
+            self._run_build(url, label, path, identity, log_file, log)
+
+    def _run_build(self, url: str, label: str, path: Path, identity, log_file: Path, log: BinaryIO) -> None:
+        from .buildout import run_buildout
+        from .process import ProcessTimeout
+
         logger.info("[%s] running buildout in %s (log: %s)", label, path, log_file)
         timeout = self.settings.buildout_timeout
         try:
@@ -436,21 +479,19 @@ class SoftwareAgent:
                 self.settings,
                 identity,
                 timeout=timeout,
-                log_file=log_file,
+                log_file=log,
                 on_line=BuildProgress(label),
                 newest=self.options.develop,
                 debug=self.options.buildout_debug,
                 assignments=[f"buildout:extends-cache={path / 'extends-cache'}"],
             )
         except ProcessTimeout:
-            with open(log_file, "a", encoding="utf-8") as f:
-                f.write(f"=== buildout killed after {timeout:g} s (buildout_timeout)\n")
+            log.write(f"=== buildout killed after {timeout:g} s (buildout_timeout)\n".encode())
             raise SlapOSError(
                 f"buildout ran longer than {timeout:g} s and was killed (buildout_timeout in [slapos] or "
                 f"--buildout-timeout; log: {log_file})"
             ) from None
-        with open(log_file, "a", encoding="utf-8") as f:
-            f.write(f"=== buildout exited with code {result.returncode} after {result.duration:.1f} s\n")
+        log.write(f"=== buildout exited with code {result.returncode} after {result.duration:.1f} s\n".encode())
         if result.ok:
             logger.info("[%s] buildout succeeded in %s", label, _duration(result.duration))
         else:
@@ -507,7 +548,7 @@ class SoftwareAgent:
             return
         start = time.monotonic()
         try:
-            sha512 = cache.publish(url, key, path)
+            sha512 = cache.publish(url, key, path, self.owner)
             logger.info("[%s] uploaded to the binary cache in %s (%s…)", label,
                         _duration(time.monotonic() - start), sha512[:16])
         except Exception as e:  # an upload problem never fails a good build

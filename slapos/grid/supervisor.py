@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from slapos.base import tenantfs
 from slapos.base.errors import SlapOSError
 
-from .partition import PartitionError, atomic_write, check_partition_id
+from .partition import PartitionError, atomic_write, check_partition_id, open_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from slapos.base.settings import NodeSettings
@@ -140,13 +141,19 @@ def collect_programs(partition_path: Path, log: logging.Logger | logging.LoggerA
     owner = os.stat(partition_path).st_uid if os.geteuid() == 0 else None
     for sub, watched in (("run", False), ("service", True)):
         directory = partition_path / "etc" / sub
-        try:
-            names = sorted(os.listdir(directory))
-        except (FileNotFoundError, NotADirectoryError):
+        fd = tenantfs.open_below(partition_path, "etc", sub)  # `etc` a link elsewhere: no programs
+        if fd is None:
             continue
-        for name in names:
+        try:
+            with os.scandir(fd) as entries:
+                found = sorted((e.name, e.is_file()) for e in entries)
+        except OSError:
+            found = []
+        finally:
+            os.close(fd)
+        for name, is_file in found:
             path = directory / name
-            if name.startswith(".") or not (path.is_file()):
+            if name.startswith(".") or not is_file:
                 continue
             if not _PROGRAM_RE.match(name):
                 log.warning("ignoring etc/%s/%s: program names may only hold letters, digits and ._@+-", sub, name)
@@ -194,6 +201,9 @@ class Supervisor:
         self.socket_path = legacy if legacy.exists() else root / "sv.sock"
         self.pidfile = root / "var" / "run" / "supervisord.pid"
         self.log_path = root / "var" / "log" / "supervisord.log"
+        # programs' output: supervisord (root) opens, appends to and rotates these files, so they
+        # live in a root-owned tree, never in the partition (see `program_log_dir`)
+        self.program_log_root = root / "var" / "program-log"
         self._lock = threading.RLock()
         self._proxy = None
         # group commit of apply_partition
@@ -312,6 +322,67 @@ class Supervisor:
         atomic_write(self.conf_path, text, 0o600)
         return True
 
+    def program_log_dir(self, partition_id: str) -> Path:
+        """`<instance_root>/var/program-log/<id>/`: root-owned, 0750, group of the partition, so
+        its user reads its programs' output but cannot put a link or FIFO where supervisord
+        writes."""
+        return self.program_log_root / check_partition_id(partition_id)
+
+    def program_log_path(self, partition_id: str, program: str) -> Path:
+        return self.program_log_dir(partition_id) / f"{program}.log"
+
+    def _prepare_program_logs(self, partition_id: str, partition_path: Path, programs: list[Program]) -> None:
+        """The root-owned log directory of a partition, and for its user the links
+        `<partition>/.<id>_<program>.log` where the reference layout has the files (a link the
+        tenant replaces changes nothing for root: supervisord never opens it)."""
+        st = os.stat(partition_path)
+        gid = st.st_gid if os.geteuid() == 0 else -1
+        fd = tenantfs.open_dir(self.instance_root, "var", "program-log", create=True, mode=0o711, follow_base=True)
+        try:
+            try:
+                os.mkdir(partition_id, 0o750, dir_fd=fd)
+            except FileExistsError:
+                pass
+            lfd = os.open(partition_id, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            try:
+                if os.fstat(lfd).st_uid != os.geteuid():
+                    raise PartitionError(f"{self.program_log_dir(partition_id)} is not the node's: refusing it")
+                if gid != -1:
+                    os.fchown(lfd, -1, gid)
+                os.fchmod(lfd, 0o750)
+            finally:
+                os.close(lfd)
+        finally:
+            os.close(fd)
+        owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 else None
+        with open_dir(partition_path) as pfd:
+            for p in programs:
+                name = f".{partition_id}_{p.name}.log"
+                target = str(self.program_log_path(partition_id, p.name))
+                try:
+                    if os.readlink(name, dir_fd=pfd) == target:
+                        continue
+                except OSError:
+                    pass
+                tmp = f".{name}.{os.urandom(4).hex()}.tmp"
+                os.symlink(target, tmp, dir_fd=pfd)
+                try:
+                    if owner:
+                        os.chown(tmp, *owner, dir_fd=pfd, follow_symlinks=False)
+                    os.replace(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+                except OSError:  # a directory of the tenant by that name: its business
+                    os.unlink(tmp, dir_fd=pfd)
+
+    def remove_program_logs(self, partition_id: str) -> None:
+        """Delete a partition's program logs (root-owned: no link of the tenant is followed)."""
+        directory = self.program_log_dir(partition_id)
+        if not os.path.lexists(directory):
+            return
+        result = tenantfs.wipe_content(directory)
+        if result.ok:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+
     def partition_conf_path(self, partition_id: str) -> Path:
         return self.conf_dir / f"{check_partition_id(partition_id)}.conf"
 
@@ -339,7 +410,7 @@ class Supervisor:
         out = ["# Written by slapos node instance: edits are overwritten.", f"[group:{partition_id}]",
                f"programs = {names}", ""]
         for p in programs:
-            log = str(partition_path / f".{partition_id}_{p.name}.log")
+            log = str(self.program_log_path(partition_id, p.name))
             restart = p.watched and local_restart
             env = {"USER": user, "LOGNAME": user, "HOME": home, "SLAPOS_PROGRAM_DIGEST": p.digest}
             out += [
@@ -450,8 +521,11 @@ class Supervisor:
 
         self.write_config()
         argv = [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf_path)]
-        env = {"PATH": os.environ.get("PATH") or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-               "LANG": "C.UTF-8"}
+        from .process import clean_environment
+
+        # the programs inherit it: the agent's own environment (tokens, agent sockets, cloud
+        # credentials) must not reach them
+        env = clean_environment(self.instance_root, tmpdir="/tmp")
         if nodaemon:
             os.execve(sys.executable, [*argv, "--nodaemon"], env)
         logger.info("starting supervisord for %s", self.instance_root)
@@ -658,6 +732,7 @@ class Supervisor:
             return
         path = partition_path or Path(self.settings.instance_root) / partition_id
         text = self.render_partition(partition_id, path, programs)
+        self._prepare_program_logs(partition_id, path, programs)
         try:
             current = conf.read_text(encoding="utf-8")
         except OSError:
@@ -803,10 +878,10 @@ class Supervisor:
         conf = self.partition_conf_path(partition_id)
         with contextlib.suppress(FileNotFoundError):
             conf.unlink()  # first: a reload meanwhile must not bring the group back
-        if not self.is_running():
-            return
-        self.stop_partition(partition_id)
-        self._call_ok("supervisor.removeProcessGroup", partition_id, ignore=(BAD_NAME,))
+        if self.is_running():
+            self.stop_partition(partition_id)
+            self._call_ok("supervisor.removeProcessGroup", partition_id, ignore=(BAD_NAME,))
+        self.remove_program_logs(partition_id)  # the next tenant must not read this one's output
 
     def shutdown(self, timeout: float = STOP_WAIT_SECONDS + 10) -> bool:
         """Stop every process in parallel, then supervisord itself. False if it was not running."""

@@ -48,9 +48,14 @@ def test_configuration_files(supervisor):
     text = conf.read_text()
     assert "[group:slappart0]\nprograms = slappart0_web,slappart0_db" in text
     for needle in ("stopasgroup = true", "killasgroup = true", "autostart = false",
-                   f"stdout_logfile = {path}/.slappart0_web.log", "process_name = db-on-watch",
-                   f"command = {path}/etc/service/db"):
+                   f"stdout_logfile = {supervisor.program_log_path('slappart0', 'web')}",
+                   "process_name = db-on-watch", f"command = {path}/etc/service/db"):
         assert needle in text
+    # supervisord (root) writes program output in a root-owned place; the partition sees it
+    # through a link where the reference layout has the file
+    log_dir = supervisor.program_log_dir("slappart0")
+    assert log_dir.stat().st_mode & 0o777 == 0o750 and log_dir.stat().st_uid == os.geteuid()
+    assert os.readlink(path / ".slappart0_web.log") == str(log_dir / "web.log")
     # the service restarts locally, the run program does not (reference behaviour)
     db = text.split("[program:slappart0_db]")[1]
     web = text.split("[program:slappart0_web]")[1].split("[program:")[0]
@@ -232,3 +237,19 @@ def test_identity_tells_a_new_supervisord_without_asking_it(tmp_path_factory, mo
         wait_for(lambda: not sv.still_starting(["slappart0:a"]))
     finally:
         sv.shutdown()
+
+
+def test_program_output_reaches_tail_and_goes_with_the_partition(supervisor, capsys):
+    """Program logs are root's (var/program-log/<id>): `tail` still shows them, and removing
+    the partition removes them (the next tenant of the partition must not read them)."""
+    path = make_partition(supervisor, "slappart3", run={"talk": "#!/bin/sh\necho hello from talk\nexec sleep 100\n"})
+    supervisor.apply_partition("slappart3", collect_programs(path))
+    supervisor.start_partition("slappart3")
+    log = supervisor.program_log_path("slappart3", "talk")
+    wait_for(lambda: log.exists() and "hello from talk" in log.read_text(), what="the program's output")
+    capsys.readouterr()
+    assert supervisor.supervisorctl(["tail", "slappart3:talk"]) == 0
+    assert "hello from talk" in capsys.readouterr().out
+    assert "hello from talk" in (path / ".slappart3_talk.log").read_text()  # the tenant's link
+    supervisor.remove_partition("slappart3")
+    assert not supervisor.program_log_dir("slappart3").exists()

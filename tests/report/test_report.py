@@ -89,12 +89,20 @@ def test_retention_delay_keeps_the_partition_until_its_date(report_node):
     assert report_node.report().returncode == 0
     assert float((path / RETENTION_DATE_FILE).read_text()) == date
 
-    # the date has passed: destroyed
-    (path / RETENTION_DATE_FILE).write_text(str(time.time() - 1))
+    # the tenant moving its copy of the date changes nothing: root keeps the date
+    (path / RETENTION_DATE_FILE).write_text("inf")
+    record = path.parent / "var" / "retention" / pid
+    assert float(record.read_text()) == date and record.stat().st_uid == os.geteuid()
+    assert report_node.report().returncode == 0
+    assert not report_node.is_free(pid)
+
+    # the date has passed: destroyed, and root's record of it is gone
+    record.write_text(str(time.time() - 1))
     last = report_node.report()
     assert last.returncode == 0, last.stderr
     assert report_node.is_free(pid)
     assert set(os.listdir(path)) <= {".slapos-resource"}
+    assert not record.exists()
 
 
 def test_a_destroy_that_fails_half_way_is_finished_by_the_next_run(report_node):

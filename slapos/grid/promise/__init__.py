@@ -32,6 +32,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+from slapos.base import tenantfs
 from slapos.base.errors import SlapOSError
 from slapos.slap.connection import redact_url
 
@@ -236,11 +237,10 @@ class PromiseRunner:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.date))
             level = "ERROR" if result.failed else "INFO"
             line = f"{when} - {level} - {result.message.replace(chr(10), ' ')[:1000]}\n"
-            lfd = os.open(f"{promise.title}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          0o644, dir_fd=fd)
+            # a FIFO, a link or a hard link of someone else's file there is replaced, never
+            # written through nor given to the tenant
+            lfd = tenantfs.open_append(f"{promise.title}.log", fd, 0o644, owner)
             try:
-                if owner and os.fstat(lfd).st_uid != owner[0]:
-                    os.fchown(lfd, *owner)
                 os.write(lfd, line.encode("utf-8", "replace"))
             finally:
                 os.close(lfd)
@@ -301,7 +301,9 @@ class PromiseRunner:
         periodicity = LEGACY_PERIODICITY
         flags: dict = {}
         home = self.identity.home if self.identity else str(self.partition.path)
-        env = process.clean_environment(home, extra_path=getattr(self.settings, "extra_path", ()) or ())
+        env = process.clean_environment(home, extra_path=getattr(self.settings, "extra_path", ()) or (),
+                                        user=self.identity.name if self.identity else None,
+                                        tmpdir=self.partition.path / "tmp")
         try:
             outcome = process.run(self._argv(promise, mode), cwd=self.partition.path, env=env,
                                   identity=self.identity, timeout=self.timeout + (2 if promise.plugin else 0),

@@ -78,3 +78,18 @@ class Sleep:
         return []
 
     update = install
+
+
+class Environ:
+    """Write the environment buildout runs with to `path` (one NAME=value per line)."""
+
+    def __init__(self, buildout, name, options):
+        self.options = options
+
+    def install(self):
+        path = self.options["path"]
+        with open(path, "w") as f:
+            f.write("".join(f"{k}={v}\n" for k, v in sorted(os.environ.items())))
+        return [path]
+
+    update = install
