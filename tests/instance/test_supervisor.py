@@ -48,15 +48,21 @@ def test_configuration_files(supervisor):
     text = conf.read_text()
     assert "[group:slappart0]\nprograms = slappart0_web,slappart0_db" in text
     for needle in ("stopasgroup = true", "killasgroup = true", "autostart = false",
-                   f"stdout_logfile = {path}/.slappart0_web.log", "process_name = db-on-watch",
-                   f"command = {path}/etc/service/db"):
+                   f"stdout_logfile = {path}/.slappart0_web.log", "process_name = db-on-watch"):
         assert needle in text
+    cgroup = supervisor.cgroups.partition("slappart0")
+    if cgroup is None:
+        assert f"command = {path}/etc/service/db\n" in text
+    else:  # as root: the launcher joins the partition's cgroup, then drops to its user
+        st = path.stat()
+        assert f"--uid {st.st_uid} --gid {st.st_gid} -- {path}/etc/service/db\n" in text
+        assert all(f"--join {name}" in text for name in cgroup.procs_files)
     # the service restarts locally, the run program does not (reference behaviour)
     db = text.split("[program:slappart0_db]")[1]
     web = text.split("[program:slappart0_web]")[1].split("[program:")[0]
     assert "autorestart = true" in db and "startretries = 5" in db
     assert "autorestart = false" in web
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and cgroup is None:
         assert f"user = {path.stat().st_uid}" in text
     main = supervisor.conf_path.read_text()
     assert f"file = {supervisor.socket_path}" in main and "chmod = 0700" in main
@@ -117,8 +123,15 @@ def test_start_error_names_the_program(supervisor):
     path = make_partition(supervisor, "slappart3", run={"broken": SLEEP})
     (path / "etc/run/broken").chmod(0o644)
     supervisor.apply_partition("slappart3", collect_programs(path))
-    with pytest.raises(PartitionError, match="broken"):
-        supervisor.start_partition("slappart3")
+    if supervisor.cgroups.partition("slappart3") is None:
+        with pytest.raises(PartitionError, match="broken"):
+            supervisor.start_partition("slappart3")
+        return
+    # as root the launcher starts, then cannot run the file: the program exits 127 saying why
+    supervisor.start_partition("slappart3")
+    wait_for(lambda: states(supervisor, "slappart3")["broken"][0] == "EXITED")
+    log = (path / ".slappart3_broken.log").read_text()
+    assert f"slapos launch: cannot run {path}/etc/run/broken: Permission denied" in log
 
 
 def test_local_restart_then_fatal(supervisor, monkeypatch):
