@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all install test lint demo demo-stop bench clean
+.PHONY: all install test test-deps lint demo demo-stop bench clean
 
 all: test
 
@@ -21,8 +21,13 @@ $(STAMP): $(BIN)/python setup.py
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# As root the attack suite plays tenants with setfacl/setfattr (Debian packages acl and attr).
+test-deps:
+	@if [ "$$(id -u)" = 0 ] && ! command -v setfacl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q acl attr; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check slapos tests bench

@@ -24,6 +24,10 @@ HEAD = """
 [buildout]
 parts = daemon-code service destroy-hook {extra_parts}
 
+[slap-configuration]
+configuration.evidence = /nonexistent
+configuration.escape = /nonexistent
+
 [daemon-code]
 recipe = slapnodetest:file
 path = ${{buildout:directory}}/bin/daemon.py
