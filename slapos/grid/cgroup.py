@@ -41,7 +41,7 @@ from .cgroup_config import NAME_RE, CgroupConfig, Limits, read_requested
 log = logging.getLogger("slapos.grid.cgroup")
 
 V1_CONTROLLERS = ("pids", "memory", "freezer", "cpu", "cpuacct")
-V2_CONTROLLERS = ("memory", "pids", "cpu")
+V2_CONTROLLERS = ("memory", "pids")  # + "cpu", enabled only for a partition with a CPU quota
 CPU_PERIOD_US = 100_000
 MOUNTS = "/proc/self/mounts"
 
@@ -141,8 +141,20 @@ class PartitionCgroup:
 
     @property
     def procs_files(self) -> tuple[str, ...]:
-        """What a child writes its pid into to join (the launcher, process.run, the fork server)."""
-        return tuple(str(p / "cgroup.procs") for p in self.paths)
+        """What a child writes its pid into to join (the launcher, process.run, the fork server).
+
+        The v1 `cpu` hierarchy only when the partition has a CPU quota: a cgroup in it is one
+        entity for the scheduler, so without a quota joining it would only change how the
+        partition's processes share the CPU with the rest of the machine (v2 enables the `cpu`
+        controller for such partitions only, for the same reason)."""
+        skip_cpu = not self.v2 and not self._cpu_limited()
+        return tuple(str(p / "cgroup.procs") for h, p in zip(self.hierarchies, self.paths, strict=True)
+                     if not (skip_cpu and "cpu" in h.controllers))
+
+    def _cpu_limited(self) -> bool:
+        path = self._path("cpu")
+        quota = _int(path / "cpu.cfs_quota_us") if path is not None else None
+        return quota is not None and quota > 0
 
     def exists(self) -> bool:
         """One stat per hierarchy: the cheap check of a run where nothing changed."""
@@ -167,9 +179,9 @@ class PartitionCgroup:
             self.apply(limits)
         return created
 
-    def _mkdir_v2(self, h: Hierarchy, path: Path) -> None:
+    def _mkdir_v2(self, h: Hierarchy, path: Path, controllers: tuple[str, ...] = V2_CONTROLLERS) -> None:
         """v2: each ancestor must delegate the controllers to its children (subtree_control)."""
-        wanted = " ".join(f"+{c}" for c in V2_CONTROLLERS if c in h.controllers)
+        wanted = " ".join(f"+{c}" for c in controllers if c in h.controllers)
         parts = path.relative_to(h.mount).parts
         current = h.mount
         for part in parts:
@@ -184,6 +196,8 @@ class PartitionCgroup:
         """Write the limits that differ; the names of what changed."""
         quota = "max" if limits.cpu_quota is None else str(limits.cpu_quota * CPU_PERIOD_US // 100)
         if self.v2:
+            if limits.cpu_quota is not None and not (self.paths[0] / "cpu.max").exists():
+                self._mkdir_v2(self.hierarchies[0], self.paths[0], ("cpu",))
             wanted = {"memory.max": _max(limits.memory), "pids.max": _max(limits.pids),
                       "cpu.max": f"{quota} {CPU_PERIOD_US}"}
             if limits.memory is not None or (self.paths[0] / "memory.swap.max").exists():
@@ -289,8 +303,9 @@ class PartitionCgroup:
         path = self._path("freezer")
         return path is None or _read(path / "freezer.state").strip() == "FROZEN"
 
-    def remove(self) -> None:
-        """Remove the (empty) cgroup, and its node/root parents when they are left empty."""
+    def remove(self, parents: bool = False) -> None:
+        """Remove the (empty) cgroup; with `parents`, its node and root cgroups too when they are
+        left empty (not during runs: a concurrent `node instance` may be creating a sibling)."""
         for h, path in zip(self.hierarchies, self.paths, strict=True):
             try:
                 path.rmdir()
@@ -299,7 +314,7 @@ class PartitionCgroup:
             except OSError as e:
                 raise CgroupError(f"{self.partition_id}: cannot remove {path}: {e.strerror}") from None
             parent = path.parent
-            while parent != h.mount:
+            while parents and parent != h.mount:
                 try:
                     parent.rmdir()
                 except OSError:

@@ -147,6 +147,10 @@ def test_escaped_daemons_and_the_hooks_daemon_die_before_the_partition_is_freed(
         assert cg is None
     else:  # born in the cgroup: the service joined it before its first instruction
         assert daemon in cg.members()
+        for name in cg.procs_files:
+            assert str(daemon) in Path(name).read_text().split()
+        if not cg.v2:  # no CPU quota: the scheduler's view of it is left as it was
+            assert not any("/cpu/" in name for name in cg.procs_files)
 
     done = destroy(node)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -259,6 +263,7 @@ def test_limits_asked_by_the_release_within_the_nodes_caps_are_enforced(cgroup_n
     usage = node.cgroup(partition_id).usage()
     # the release asked 64M / 40 processes / 400 %; the node caps at 256M / 200 / 50 %
     assert (usage.memory_max, usage.pids_max, usage.cpu_quota) == (64 << 20, 40, 50)
+    assert any("/cpu/" in name for name in node.cgroup(partition_id).procs_files)  # a quota: it joins cpu
 
     eat = run_in_partition(node, partition_id, "b = b'x' * (200 << 20)\nprint('survived')")
     assert eat.returncode == -9 and "survived" not in eat.output  # OOM-killed in its cgroup
