@@ -143,8 +143,10 @@ class Destroyer:
             log.info("%s: %s", partition_id, message)
             return DestroyOutcome(partition_id, RETAINED, message)
 
-        run_destroy_hook(self.settings, partition_id, path, self.cgroups)
-        end_processes(self.cgroups, partition_id, path)  # and what the hook started
+        try:
+            run_destroy_hook(self.settings, partition_id, path, self.cgroups)
+        finally:
+            end_processes(self.cgroups, partition_id, path)  # what the hook started, even if it failed
         partition.remove_certificate()
         self.wipe_storage(partition_id)
         wipe_partition(partition_id, path)
