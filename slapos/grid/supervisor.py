@@ -664,9 +664,9 @@ class Supervisor:
                 conf.unlink()
             return
         path = partition_path or Path(self.settings.instance_root) / partition_id
-        text = self.render_partition(partition_id, path, programs)
-        if os.geteuid() == 0:  # the launcher joins the cgroup the file names: it must exist
+        if os.geteuid() == 0:  # the launcher joins the cgroup the file names: it must exist (first)
             self.cgroups.ready(partition_id, path)
+        text = self.render_partition(partition_id, path, programs)
         try:
             current = conf.read_text(encoding="utf-8")
         except OSError:
