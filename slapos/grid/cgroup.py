@@ -472,6 +472,16 @@ class NodeCgroups:
             return []
         return [cg for cg in (self.partition(name) for name in names) if cg is not None]
 
+    def prune(self) -> None:
+        """Remove this node's cgroup, and the root, in every hierarchy where they are empty (after
+        an uninstall, or a test)."""
+        for h in self.hierarchies:
+            for path in (h.mount / self.config.root / self.node, h.mount / self.config.root):
+                try:
+                    path.rmdir()
+                except OSError:
+                    break
+
     def place(self, identity, partition_id: str, partition_path: Path, deploy: bool = False):
         """`identity` (a slapos.grid.process.Identity, or None when we do not switch users) with
         the partition's cgroup to join before the privilege drop."""

@@ -10,7 +10,7 @@ from slapos.grid import supervisor as supervisor_module
 from slapos.grid.partition import PartitionError
 from slapos.grid.supervisor import Supervisor, collect_programs
 from tests.conftest import make_traversable, wait_for
-from tests.fixtures.supervisor import make_partition, node_settings
+from tests.fixtures.supervisor import make_partition, node_settings, stop_supervisor
 
 SLEEP = "#!/bin/sh\nexec sleep 1000\n"
 
@@ -213,7 +213,7 @@ def test_supervisord_without_our_extension(tmp_path_factory, monkeypatch):
         after = running(sv, "slappart0", "a", "b")
         assert after["b"][1] != before["b"][1]
     finally:
-        sv.shutdown()
+        stop_supervisor(sv.settings)
 
 
 def test_identity_tells_a_new_supervisord_without_asking_it(tmp_path_factory, monkeypatch):
@@ -244,4 +244,4 @@ def test_identity_tells_a_new_supervisord_without_asking_it(tmp_path_factory, mo
         assert sv.still_starting(["slappart0:a", "slappart0:unknown"]) <= {"slappart0:a"}
         wait_for(lambda: not sv.still_starting(["slappart0:a"]))
     finally:
-        sv.shutdown()
+        stop_supervisor(sv.settings)
