@@ -436,6 +436,8 @@ class NodeCgroups:
     def partition(self, partition_id: str) -> PartitionCgroup | None:
         if not self.hierarchies:
             return None
+        if NAME_RE.search(partition_id) or partition_id in ("", ".", ".."):  # never a path
+            raise CgroupError(f"{partition_id!r} cannot name a cgroup")
         return PartitionCgroup(self.hierarchies, f"{self.config.root}/{self.node}/{partition_id}", partition_id)
 
     def limits_for(self, partition_path: Path) -> tuple[Limits, str | None]:
@@ -459,7 +461,6 @@ class NodeCgroups:
         cg.ensure(limits)
         self._checked.add(partition_id)
         return cg
-
 
     def existing(self) -> list[PartitionCgroup]:
         """The partition cgroups this node has now (e.g. to clean up after an uninstall)."""

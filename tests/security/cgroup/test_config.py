@@ -71,3 +71,20 @@ def test_v1_controllers_are_chosen_one_hierarchy_each(tmp_path):
 def test_node_names_keep_two_nodes_apart():
     assert node_name("COMP-1", "/srv/a") != node_name("COMP-1", "/srv/b")
     assert node_name("../evil id", "/srv/a").startswith(".._evil_id.")
+
+
+@pytest.mark.root
+def test_a_partition_id_never_names_a_path(tmp_path):
+    import os
+    from types import SimpleNamespace
+
+    from slapos.grid.cgroup import CgroupError, NodeCgroups
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    cgroups = NodeCgroups(SimpleNamespace(config=None, computer_id="tseccg", instance_root=str(tmp_path)))
+    if not cgroups.enabled:
+        pytest.skip("no cgroups here")
+    for bad in ("..", "../../x", "a/b", ""):
+        with pytest.raises(CgroupError):
+            cgroups.partition(bad)
