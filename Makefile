@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # quiet: the newcomer sees the project's output, not pip's (errors still show)
 PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input -q
 
-.PHONY: all install test lint demo demo-stop bench clean docs man typecheck browser screenshots
+.PHONY: all install test test-deps lint demo demo-stop bench clean docs man typecheck browser screenshots
 
 all: test
 
@@ -64,7 +64,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP) browser
+test: $(STAMP) browser test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The dashboard tests (pytest -m browser) drive Debian's headless Chromium. As root (CI) this
@@ -78,6 +78,11 @@ browser:
 # Regenerate the dashboard screenshots of docs/dashboard.md (committed under docs/_static/).
 screenshots: $(STAMP) browser
 	SLAPNODE_SCREENSHOTS=$(CURDIR)/docs/_static $(BIN)/python -m pytest tests/dashboard -m browser -n 0
+
+# As root the attack suite plays tenants with setfacl/setfattr (Debian packages acl and attr).
+test-deps:
+	@if [ "$$(id -u)" = 0 ] && ! command -v setfacl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q acl attr; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check slapos tests bench tools demo docs/_ext

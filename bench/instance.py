@@ -113,6 +113,12 @@ def bench_size(size: int, command: list[str], label: str) -> dict[str, float]:
                                               check=False)
     finally:
         run(OURS, "node", "supervisorctl", "--cfg", str(root / "n" / "slapos.cfg"), "shutdown", check=False)
+        if (root / "n" / "slapos.cfg").exists():  # as root, each partition got a cgroup
+            from slapos.base.config import Config
+            from slapos.base.settings import NodeSettings
+            from tests.fixtures.supervisor import remove_cgroups
+
+            remove_cgroups(NodeSettings.from_config(Config(root / "n" / "slapos.cfg")))
         proxy.stop()
         shutil.rmtree(root, ignore_errors=True)
     for name, value in figures.items():

@@ -59,6 +59,8 @@ def partition_record(computer: str | None, partition: str, **fields: Any) -> dic
         "backoff": {"failures": 0, "next_retry": None},
         "promises": [],
         "usage": None,
+        # the partition's cgroup: memory/pids current and max, cpu seconds and quota (or null)
+        "resources": None,
     }
     unknown = set(fields) - set(record)
     if unknown:

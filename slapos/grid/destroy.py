@@ -3,22 +3,28 @@
 Steps, each safe to repeat (a run that fails or is killed half-way is finished by the next):
 
 1. only a partition this computer has: a plain id naming a real directory under instance_root;
-2. stop its supervisord programs, then end the processes of its user that escaped supervisord
-   (when that user owns only this partition); tell the master it is stopped;
+2. stop its supervisord programs, then end every other process of the partition: its cgroup is
+   frozen and each member SIGKILLed (slapos.grid.cgroup), then every process of its user when
+   that user owns only this partition (the only way on a node without cgroups); tell the master
+   it is stopped;
 3. wait while a process named in `.slapos-report-wait-service-list` is still running;
 4. retention: with a positive `.slapos-retention-lock-delay` (days, written at deployment from
    the request's `retention_delay`), the first attempt writes `.slapos-retention-lock-date`
    (now + delay) and the partition is kept, untouched and reported as retained, until then;
-5. the instance's own hook `sbin/destroy`, run as the partition user in the partition;
+5. the instance's own hook `sbin/destroy`, run as the partition user in the partition's cgroup,
+   then step 2's killing again (what the hook started);
 6. its certificate files, its data directories under `instance_storage_home`, then everything
    inside the partition directory: never following a symlink, never entering another
-   filesystem; the directory itself stays, with its owner and mode 0750;
-7. its supervisord group and configuration are removed;
+   filesystem; the directory itself stays, through a handle on it: no ACL nor extended
+   attribute, owned by the partition user and its group, mode 0750;
+7. its supervisord group and configuration are removed, then its (empty) cgroup;
 8. POST `destroyedComputerPartition`: the master frees it (a root instance with children is
    freed by a later run, once they are gone).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import math
 import os
@@ -84,10 +90,20 @@ class Destroyer:
         self.settings = settings
         self._supervisor = supervisor
         self.clock = clock
+        self._cgroups = None
 
     @property
     def supervisor(self):
         return self._supervisor()
+
+    @property
+    def cgroups(self):
+        """The node's partition cgroups (slapos.grid.cgroup.NodeCgroups)."""
+        if self._cgroups is None:
+            from .cgroup import NodeCgroups
+
+            self._cgroups = NodeCgroups(self.settings)
+        return self._cgroups
 
     def destroy(self, computer_partition) -> DestroyOutcome:
         """Destroy one partition (a `slapos.slap.ComputerPartition` in state destroyed)."""
@@ -111,7 +127,7 @@ class Destroyer:
 
         if self.supervisor.is_running():
             self.supervisor.stop_partition(partition_id)
-        kill_leftover_processes(partition_id, path)
+        end_processes(self.cgroups, partition_id, path)
         try:
             cp.stopped()
         except Exception as e:  # the reference ignores it too: destruction goes on
@@ -129,12 +145,21 @@ class Destroyer:
             log.info("%s: %s", partition_id, message)
             return DestroyOutcome(partition_id, RETAINED, message)
 
-        run_destroy_hook(self.settings, partition_id, path)
+        try:
+            run_destroy_hook(self.settings, partition_id, path, self.cgroups)
+        finally:
+            end_processes(self.cgroups, partition_id, path)  # what the hook started, even if it failed
         partition.remove_certificate()
         self.wipe_storage(partition_id)
         wipe_partition(partition_id, path)
         tenantfs.remove_file(_retention_record(path))  # the next tenant starts without a date
         self.supervisor.remove_partition(partition_id)
+        cg = self.cgroups.partition(partition_id)
+        if cg is not None:
+            try:
+                cg.remove()  # empty: the next tenant gets a fresh one, with its own limits
+            except SlapOSError as e:
+                raise DestroyError(f"{e}; the next run tries again") from None
         return self.report_destroyed(cp, partition_id)
 
     # -- steps -------------------------------------------------------------------------------
@@ -239,18 +264,58 @@ def _date(epoch: float) -> str:
 # -- helpers also used by tests -------------------------------------------------------------
 
 def wipe_partition(partition_id: str, path: Path) -> None:
-    """Empty the partition directory, keep it (owner unchanged, mode 0750)."""
+    """Empty the partition directory and keep it as the node made it: owned by the partition
+    user and its group, mode 0750, without any ACL or extended attribute the tenant set."""
     result = tenantfs.wipe_content(path, keep=_kept_files(path))
     if not result.ok:
         shown = "; ".join(result.errors[:5])
         more = f" (and {len(result.errors) - 5} more)" if len(result.errors) > 5 else ""
         raise DestroyError(f"{partition_id}: could not empty {path}: {shown}{more}; the next run tries again")
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    reset_directory(partition_id, path)
+    log.info("%s: emptied %s (%d entries removed)", partition_id, path, result.removed)
+
+
+# kept: the security label belongs to the system's policy, not to the tenant
+KEPT_XATTRS = frozenset({"security.selinux"})
+
+
+def reset_directory(partition_id: str, path: Path) -> None:
+    """Through a handle on the directory itself (never a link): drop every extended attribute
+    (`system.posix_acl_access` / `_default` are the ACLs, `user.*`, `trusted.*`), give it back to
+    the partition user and its primary group, mode 0750."""
+    import pwd
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
+        st = os.fstat(fd)
+        try:
+            names = os.listxattr(fd)
+        except OSError as e:
+            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise DestroyError(f"{partition_id}: cannot list the attributes of {path}: {e.strerror}") from None
+            names = []
+        for name in names:
+            if name in KEPT_XATTRS:
+                continue
+            try:
+                os.removexattr(fd, name)
+            except OSError as e:
+                if e.errno != errno.ENODATA:
+                    raise DestroyError(f"{partition_id}: cannot remove {name} from {path}: {e.strerror}") from None
+        if os.geteuid() == 0:
+            try:
+                gid = pwd.getpwuid(st.st_uid).pw_gid
+            except KeyError:
+                gid = st.st_gid
+            if st.st_uid == 0:
+                raise DestroyError(f"{partition_id}: {path} is owned by root: refusing to reset it")
+            os.fchown(fd, st.st_uid, gid)
         os.fchmod(fd, PARTITION_MODE)
+        left = [n for n in os.listxattr(fd) if n not in KEPT_XATTRS] if names else []
+        if left:
+            raise DestroyError(f"{partition_id}: {path} still carries {', '.join(left)}")
     finally:
         os.close(fd)
-    log.info("%s: emptied %s (%d entries removed)", partition_id, path, result.removed)
 
 
 def _kept_files(path: Path) -> set[str]:
@@ -263,8 +328,9 @@ def _kept_files(path: Path) -> set[str]:
     return {RESOURCE_FILE} if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() else set()
 
 
-def run_destroy_hook(settings: NodeSettings, partition_id: str, path: Path) -> None:
-    """`sbin/destroy` of the instance, as the partition user, in the partition (reference §6.9)."""
+def run_destroy_hook(settings: NodeSettings, partition_id: str, path: Path, cgroups=None) -> None:
+    """`sbin/destroy` of the instance, as the partition user, in the partition (reference §6.9),
+    in the partition's cgroup (what it leaves running is killed with the rest)."""
     hook = path / "sbin" / "destroy"
     try:
         st = os.lstat(hook)
@@ -275,6 +341,8 @@ def run_destroy_hook(settings: NodeSettings, partition_id: str, path: Path) -> N
     from .process import clean_environment, identity_for, run
 
     identity = identity_for(path, f"the destroy hook of {partition_id}")
+    if cgroups is not None:
+        identity = cgroups.place(identity, partition_id, path)
     home = identity.home if identity else os.environ.get("HOME", str(path))
     log.info("%s: running sbin/destroy", partition_id)
     timeout = settings.partition_timeout or DESTROY_HOOK_TIMEOUT
@@ -290,10 +358,30 @@ def run_destroy_hook(settings: NodeSettings, partition_id: str, path: Path) -> N
         )
 
 
+def end_processes(cgroups, partition_id: str, path: Path) -> None:
+    """No process of the partition may be left: every member of its cgroup (frozen, then
+    SIGKILLed: what double-forked away from supervisord, what `sbin/destroy` started), then, belt
+    and braces, every process of its dedicated user. DestroyError when one survives."""
+    cg = cgroups.partition(partition_id) if cgroups is not None else None
+    if cg is not None:
+        try:
+            killed = cg.kill()
+        except SlapOSError as e:
+            raise DestroyError(f"{e}; the next run tries again") from None
+        if killed:
+            log.info("%s: killed %d process(es) of its cgroup", partition_id, killed)
+    elif cgroups is not None:
+        log.warning("%s: no cgroup (%s): ending the processes of its user found by a /proc scan",
+                    partition_id, cgroups.reason)
+    kill_leftover_processes(partition_id, path, grace=0 if cg is not None else 5.0)
+
+
 def kill_leftover_processes(partition_id: str, path: Path, grace: float = 5.0) -> int:
-    """End the processes of the partition's user that are not under supervisord any more
-    (daemons that double-forked out of their process group). Only when that user is exclusive
-    to this partition: never root, never ourselves, never a user shared with other partitions."""
+    """End the processes of the partition's user (found by uid in /proc): SIGTERM, `grace`
+    seconds, then SIGKILL sent *as that user* to every process it may signal (`kill(-1)`,
+    repeated until none is left: a fork loop cannot outrun it for long). Only when that user is
+    exclusive to this partition: never root, never ourselves, never a user shared with other
+    partitions. Returns how many processes were found; DestroyError if some survive."""
     from .usage import dedicated_uid
 
     uid = dedicated_uid(path)
@@ -301,23 +389,71 @@ def kill_leftover_processes(partition_id: str, path: Path, grace: float = 5.0) -
         return 0
     import psutil
 
-    victims = [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid]
-    if not victims:
+    found = _processes_of(uid)
+    if not found:
         return 0
-    log.info("%s: ending %d leftover process(es) of uid %d", partition_id, len(victims), uid)
-    for p in victims:
+    log.info("%s: ending %d leftover process(es) of uid %d", partition_id, len(found), uid)
+    victims = []
+    for pid in found:
         try:
-            p.send_signal(signal.SIGTERM)
+            victims.append(psutil.Process(pid))
         except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(victims, timeout=grace)
-    for p in alive:
+            continue
+    if grace > 0:
+        for p in victims:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(signal.SIGTERM)
+        psutil.wait_procs(victims, timeout=grace)
+    deadline = time.monotonic() + 10
+    while True:
+        _kill_all_as(uid)
+        psutil.wait_procs(victims, timeout=0.2)  # reaps the ones that are our children
+        left = _processes_of(uid)
+        if not left:
+            return len(found)
+        if time.monotonic() > deadline:
+            raise DestroyError(f"{partition_id}: processes {sorted(left)[:10]} of uid {uid} survive SIGKILL; "
+                               "the next run tries again")
+
+
+def _kill_all_as(uid: int) -> None:
+    """kill(-1, SIGKILL) from a child switched to `uid`: the kernel signals every process of
+    that user at once (and none of anyone else's)."""
+    pid = os.fork()
+    if pid == 0:  # only system calls until _exit (the parent may have threads)
         try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=grace)
-    return len(victims)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(uid)
+            os.kill(-1, signal.SIGKILL)
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def _processes_of(uid: int) -> set[int]:
+    """Living processes whose real uid is `uid` (zombies left to a parent are dead already)."""
+    me = os.getpid()
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/status", "rb") as f:
+                status = f.read(2048)
+        except OSError:
+            continue
+        state = uid_line = None
+        for line in status.splitlines():
+            if line.startswith(b"State:"):
+                state = line.split()[1:2]
+            elif line.startswith(b"Uid:"):
+                uid_line = line.split()
+                break
+        if uid_line and len(uid_line) > 1 and uid_line[1] == str(uid).encode() and state != [b"Z"]:
+            found.add(int(name))
+    return found
 
 
 def _uid_owns_other_partitions(uid: int, path: Path) -> bool:

@@ -9,7 +9,7 @@ forks a child that:
 
 * becomes a session leader (a timeout kills its whole process tree),
 * writes its output to a pipe the node hands over with the request (SCM_RIGHTS),
-* drops to the partition user (groups, gid, uid) and umask 027, changes to the partition
+* joins the partition's cgroup, then drops to the partition user (groups, gid, uid) and umask 027, changes to the partition
   directory, replaces its environment with the sanitised one,
 * runs `slapos.grid.buildout_extension.main(args)`, exactly what `run_buildout` runs.
 
@@ -59,6 +59,10 @@ def _child(request: dict, out_fd: int) -> None:
         os.closerange(3, 65536)
         os.umask(request.get("umask", 0o027))
         uid = request.get("uid")
+        if request.get("cgroup"):  # as root, before the drop (slapos.grid.cgroup)
+            from slapos.grid.cgroup import join
+
+            join(request["cgroup"])
         if uid is not None:
             os.setgroups(request.get("groups") or [request["gid"]])
             os.setgid(request["gid"])
@@ -93,7 +97,7 @@ def serve(fd: int) -> int:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
     # preload what every child needs, once
-    from slapos.grid import buildout_extension
+    from slapos.grid import buildout_extension, cgroup  # noqa: F401
 
     buildout_extension.install_parse_hook()
     import zc.buildout.buildout  # noqa: F401
@@ -282,7 +286,8 @@ class ForkServer:
         deadline = start + timeout if timeout else None
         request = {"argv": list(args), "cwd": str(cwd), "env": env, "umask": umask, "uid": None}
         if identity is not None:
-            request.update(uid=identity.uid, gid=identity.gid, groups=self._groups(identity))
+            request.update(uid=identity.uid, gid=identity.gid, groups=self._groups(identity),
+                           cgroup=list(getattr(identity, "cgroup", ())))
         waiter = _Waiter()
         read_fd, write_fd = os.pipe()
         with self._send_lock:

@@ -356,6 +356,16 @@ class InstanceRun:
             self._supervisor = Supervisor(self.settings)
         return self._supervisor
 
+    @property
+    def cgroups(self):
+        """The partitions' cgroups (slapos.grid.cgroup), shared with supervisord's launcher."""
+        cgroups = getattr(self.supervisor, "cgroups", None)
+        if cgroups is None:  # a supervisor of someone else's making (tests)
+            from .cgroup import NodeCgroups
+
+            cgroups = self.__dict__.setdefault("_cgroups", NodeCgroups(self.settings))
+        return cgroups
+
     # -- 3. decide ----------------------------------------------------------------------------------
     def plan(self, desired: list[Desired]) -> list[Job]:
         wanted = set(self.options.only_cp or ())
@@ -499,6 +509,7 @@ class InstanceRun:
         from .supervisor import collect_programs
 
         job.programs = collect_programs(partition.path, _PartitionLog(job.id))
+        self.cgroups.ready(job.id, partition.path, deploy=True)  # limits the profile may have asked for
 
     def instance_profile(self, software: Path, url: str) -> str:
         """The text of the release's `instance.cfg` (or `template.cfg`). The software user owns
@@ -570,6 +581,7 @@ class InstanceRun:
 
         path = job.partition.path
         identity = process.identity_for(path, f"the buildout of partition {job.id}")
+        identity = self.cgroups.place(identity, job.id, path)
         env = buildout_environment(path, self.settings, SLAPGRID_INSTANCE_ROOT=str(self.settings.instance_root))
         timeout = self.settings.partition_timeout
         progress = _PartitionLog(job.id)
@@ -756,6 +768,7 @@ class InstanceRun:
         from .promise import PromiseRunner, failure_message, first_failure
 
         identity = process.identity_for(job.partition.path, f"the promises of partition {job.id}")
+        identity = self.cgroups.place(identity, job.id, job.partition.path)
         runner = PromiseRunner(self.settings, job.partition, identity=identity, clock=self.clock)
         results = runner.run(mode="test", force=True, pool=pool)
         if job.starting:  # a service may still be opening its port: one more chance
@@ -888,6 +901,7 @@ class InstanceRun:
         for job in due:
             try:
                 identity = process.identity_for(job.partition.path, f"the promises of partition {job.id}")
+                identity = self.cgroups.place(identity, job.id, job.partition.path)
                 runner = PromiseRunner(self.settings, job.partition, identity=identity, clock=self.clock)
                 work.append((job, runner, list_promises(job.partition.path)))
             except SlapOSError as e:
@@ -1019,6 +1033,13 @@ class InstanceRun:
                 if isinstance(outcome, BaseException):
                     todo.pop(partition_id, None)
                     self._revive_failed(partition_id, str(outcome))
+        paths = {partition.id: partition.path for partition, _state in partitions}
+        for partition_id in list(todo):
+            try:  # after a reboot the cgroups are gone: the launcher needs them
+                self.cgroups.ready(partition_id, paths[partition_id])
+            except SlapOSError as e:
+                todo.pop(partition_id)
+                self._revive_failed(partition_id, str(e))
         for partition_id, names in todo.items():
             log.info("%s: starting %s (this supervisord had not started them)", partition_id, ", ".join(names))
         for partition_id, error in sv.start_partitions(list(todo), todo).items():
@@ -1138,6 +1159,7 @@ def run_node_promise(settings, only_cp: list[str] | None = None) -> int:
 
     with RunLock(settings.pidfile_instance, "slapos node instance"):
         run = InstanceRun(settings)
+        cgroups = run.cgroups
         try:
             started = [d.partition_id for d in run.fetch() if d.requested_state == STARTED and d.software_release_url]
         except Exception as e:
@@ -1164,6 +1186,7 @@ def run_node_promise(settings, only_cp: list[str] | None = None) -> int:
                     partition = Partition(settings, partition_id)
                     partition.check_is_partition()
                     identity = process.identity_for(partition.path, f"the promises of partition {partition_id}")
+                    identity = cgroups.place(identity, partition_id, partition.path)
                 except SlapOSError as e:
                     log.error("%s", e)
                     code = EXIT_FAILED

@@ -45,6 +45,9 @@ class Identity:
     gid: int
     name: str
     home: str
+    # `cgroup.procs` files the child writes its pid into before dropping privileges (the
+    # partition's cgroup: see slapos.grid.cgroup)
+    cgroup: tuple[str, ...] = ()
 
     @classmethod
     def owner_of(cls, path: str | Path) -> Identity:
@@ -124,12 +127,15 @@ def supplementary_groups(ident: Identity) -> list[int]:
 def _demote(ident: Identity | None, umask: int | None, groups: list[int] | None = None) -> Callable[[], None]:
     if ident is not None and groups is None:
         groups = supplementary_groups(ident)
+    from .cgroup import join as join_cgroup  # imported here: a child must not import
 
     def preexec() -> None:
         if umask is not None:
             os.umask(umask)
         if ident is None:
             return
+        if ident.cgroup:  # as root, before the drop: the tenant cannot leave it afterwards
+            join_cgroup(ident.cgroup)
         os.setgroups(groups)
         os.setgid(ident.gid)
         os.setuid(ident.uid)

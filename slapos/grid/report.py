@@ -131,7 +131,7 @@ class ReportRun:
         for cp, partition in used:
             refs.append(usage.PartitionRef(partition.id, partition.path, pids.get(partition.id, [])))
             try:
-                failure = run_report_scripts(self.settings, partition)
+                failure = run_report_scripts(self.settings, partition, self.supervisor().cgroups)
             except Exception as e:  # one partition's trouble must not stop the report
                 failure = f"usage scripts could not run: {e}"
             if failure:
@@ -194,9 +194,10 @@ def supervised_pids(sv) -> dict[str, list[int]]:
     return pids
 
 
-def run_report_scripts(settings: NodeSettings, partition: Partition) -> str | None:
-    """Run each executable of `etc/report/` as the partition user with one argument, a fresh
-    file path in `var/xml_report/` where it may write a usage report. Returns a failure text."""
+def run_report_scripts(settings: NodeSettings, partition: Partition, cgroups=None) -> str | None:
+    """Run each executable of `etc/report/` as the partition user (in the partition's cgroup)
+    with one argument, a fresh file path in `var/xml_report/` where it may write a usage report.
+    Returns a failure text."""
     directory = partition.path / "etc" / "report"
     try:
         st = os.lstat(directory)
@@ -217,6 +218,8 @@ def run_report_scripts(settings: NodeSettings, partition: Partition) -> str | No
     with open_dir(partition.path, "var", "xml_report", create=True, mode=0o755, owner=partition.file_owner()):
         pass
     identity = identity_for(partition.path, f"the usage scripts of {partition.id}")
+    if cgroups is not None:
+        identity = cgroups.place(identity, partition.id, partition.path)
     home = identity.home if identity else os.environ.get("HOME", str(partition.path))
     failures = []
     for script in scripts:

@@ -1,7 +1,8 @@
 """What `slapos node status --partitions` shows: each partition as the node last left it.
 
-Read from the files the instance run keeps (`.slapgrid/state.json`, promise results): nothing is
-run and the master is not asked, so it is instant and works offline.
+Read from the files the instance run keeps (`.slapgrid/state.json`, promise results) and, on a
+node with cgroups, from each partition's cgroup (memory, processes and CPU used against the
+limits): nothing is run and the master is not asked, so it is instant and works offline.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slapos.base import statusdoc
+from slapos.base.errors import SlapOSError
 
 from .partition import Partition, PartitionError
 from .promise import PromiseRunner
@@ -31,6 +33,23 @@ class PartitionStatus:
     last_success: float | None
     timestamp: str | None
     promises: list[dict] = field(default_factory=list)
+    # its cgroup's usage against its limits (slapos.grid.cgroup.Usage as a dict); None without
+    resources: dict | None = None
+
+    @property
+    def resource_summary(self) -> str:
+        r = self.resources
+        if not r:
+            return "-"
+        parts = []
+        if r.get("memory_current") is not None:
+            parts.append(f"mem {_size(r['memory_current'])}/{_size(r.get('memory_max'))}")
+        if r.get("pids_current") is not None:
+            parts.append(f"pids {r['pids_current']}/{r.get('pids_max') or 'max'}")
+        if r.get("cpu_usage_seconds") is not None:
+            quota = f"{r['cpu_quota']}%" if r.get("cpu_quota") else "max"
+            parts.append(f"cpu {r['cpu_usage_seconds']:.1f}s/{quota}")
+        return " ".join(parts) or "-"
 
     @property
     def promise_summary(self) -> str:
@@ -61,6 +80,7 @@ class PartitionStatus:
             timestamp=self.timestamp,
             backoff={"failures": self.failures, "next_retry": statusdoc.iso(self.next_retry)},
             promises=self.promises,
+            resources=self.resources,
         )
 
 
@@ -73,6 +93,16 @@ def status_document(computer_id: str | None, statuses: list[PartitionStatus]) ->
         "generated_at": statusdoc.iso(time.time()),
         "partitions": [s.to_record(computer_id) for s in statuses],
     }
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "max"
+    for unit in ("", "K", "M", "G"):
+        if value < 1024 or unit == "G":
+            return f"{value:.0f}{unit}" if unit == "" else f"{value:.1f}{unit}"
+        value /= 1024
+    return str(value)
 
 
 def partition_ids(settings) -> list[str]:
@@ -92,7 +122,7 @@ def partition_ids(settings) -> list[str]:
     return sorted(found, key=lambda n: (len(n), n))
 
 
-def partition_status(settings, partition_id: str, now: float | None = None) -> PartitionStatus:
+def partition_status(settings, partition_id: str, now: float | None = None, cgroups=None) -> PartitionStatus:
     partition = Partition(settings, partition_id)
     state = partition.load_state()
     timestamp, _ = partition.read_timestamp()
@@ -122,15 +152,30 @@ def partition_status(settings, partition_id: str, now: float | None = None) -> P
         last_success=state.last_success,
         timestamp=timestamp,
         promises=promises,
+        resources=_resources(cgroups, partition_id),
     )
 
 
+def _resources(cgroups, partition_id: str) -> dict | None:
+    """Read from the partition's cgroup files (a handful of small reads; nothing is created)."""
+    cg = cgroups.partition(partition_id) if cgroups is not None else None
+    if cg is None or not cg.exists():
+        return None
+    return cg.usage().to_dict()
+
+
 def all_statuses(settings) -> list[PartitionStatus]:
+    from .cgroup import NodeCgroups
+
     statuses = []
     now = time.time()
+    try:
+        cgroups = NodeCgroups(settings)
+    except SlapOSError:  # a bad [slapos] partition_cgroup key: the rest of the status still shows
+        cgroups = None
     for partition_id in partition_ids(settings):
         try:
-            statuses.append(partition_status(settings, partition_id, now))
+            statuses.append(partition_status(settings, partition_id, now, cgroups))
         except PartitionError:
             continue
     return statuses
@@ -142,12 +187,13 @@ def format_table(statuses: list[PartitionStatus], width: int | None = None) -> s
 
     if not statuses:
         return "no partition in this instance_root yet (run slapos node format, then slapos node instance)"
-    headers = ("PARTITION", "REQUESTED", "STATUS", "PROMISES", "BACK-OFF", "LAST ERROR")
+    headers = ("PARTITION", "REQUESTED", "STATUS", "PROMISES", "BACK-OFF", "RESOURCES (USED/LIMIT)", "LAST ERROR")
     rows = []
     for s in statuses:
         error = (s.last_error or "").strip().splitlines()
         first = error[0] if error else "-"
         if len(first) > 100:
             first = first[:97] + "..."
-        rows.append((s.partition_id, s.requested_state or "-", s.status, s.promise_summary, s.backoff, first))
+        rows.append((s.partition_id, s.requested_state or "-", s.status, s.promise_summary, s.backoff,
+                     s.resource_summary, first))
     return render(headers, rows, width=width).rstrip("\n")

@@ -206,6 +206,7 @@ class Supervisor:
         self.program_log_root = root / "var" / "program-log"
         self._lock = threading.RLock()
         self._proxy = None
+        self._cgroups = None  # slapos.grid.cgroup.NodeCgroups, on first use
         # group commit of apply_partition
         self._cond = threading.Condition()
         self._wanted = 0
@@ -391,9 +392,10 @@ class Supervisor:
         home = str(partition_path)
         user = None
         st = os.stat(partition_path)
+        gid = st.st_gid
         try:
             pw = pwd.getpwuid(st.st_uid)
-            user, home = pw.pw_name, pw.pw_dir
+            user, home, gid = pw.pw_name, pw.pw_dir, pw.pw_gid
         except KeyError:
             user = str(st.st_uid)
         if os.geteuid() == 0:
@@ -405,6 +407,9 @@ class Supervisor:
             uid = st.st_uid
         import shlex
 
+        # as root, programs start through the launcher: it joins the partition's cgroup before it
+        # drops to the partition user (supervisord's own `user =` would drop before we could)
+        cgroup = self.cgroups.partition(partition_id) if uid is not None else None
         local_restart = self.settings.local_restart
         names = ",".join(f"{partition_id}_{p.name}" for p in programs)
         out = ["# Written by slapos node instance: edits are overwritten.", f"[group:{partition_id}]",
@@ -416,7 +421,7 @@ class Supervisor:
             out += [
                 f"[program:{partition_id}_{p.name}]",
                 f"directory = {_value(str(partition_path))}",
-                f"command = {_value(shlex.quote(str(p.command)))}",
+                f"command = {_value(shlex.join(self._command(cgroup, (uid, gid), p.command)))}",
                 f"process_name = {p.process_name}",
                 "autostart = false",
                 f"autorestart = {'true' if restart else 'false'}",
@@ -428,7 +433,7 @@ class Supervisor:
                 "stopasgroup = true",
                 "killasgroup = true",
             ]
-            if uid is not None:
+            if uid is not None and cgroup is None:
                 out.append(f"user = {uid}")
             out += [
                 "serverurl = AUTO",
@@ -440,6 +445,22 @@ class Supervisor:
                 "",
             ]
         return "\n".join(out)
+
+    @property
+    def cgroups(self):
+        if self._cgroups is None:
+            from .cgroup import NodeCgroups
+
+            self._cgroups = NodeCgroups(self.settings)
+        return self._cgroups
+
+    @staticmethod
+    def _command(cgroup, owner: tuple[int, int], command: Path) -> list[str]:
+        if cgroup is None:
+            return [str(command)]
+        from .cgroup import launcher_argv
+
+        return launcher_argv(cgroup, owner, [str(command)])
 
     # -- is it there? -------------------------------------------------------------------------
     def pid(self) -> int | None:
@@ -731,6 +752,8 @@ class Supervisor:
                 conf.unlink()
             return
         path = partition_path or Path(self.settings.instance_root) / partition_id
+        if os.geteuid() == 0:  # the launcher joins the cgroup the file names: it must exist (first)
+            self.cgroups.ready(partition_id, path)
         text = self.render_partition(partition_id, path, programs)
         self._prepare_program_logs(partition_id, path, programs)
         try:

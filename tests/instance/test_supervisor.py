@@ -10,7 +10,7 @@ from slapos.grid import supervisor as supervisor_module
 from slapos.grid.partition import PartitionError
 from slapos.grid.supervisor import Supervisor, collect_programs
 from tests.conftest import make_traversable, wait_for
-from tests.fixtures.supervisor import make_partition, node_settings
+from tests.fixtures.supervisor import make_partition, node_settings, stop_supervisor
 
 SLEEP = "#!/bin/sh\nexec sleep 1000\n"
 
@@ -49,19 +49,26 @@ def test_configuration_files(supervisor):
     assert "[group:slappart0]\nprograms = slappart0_web,slappart0_db" in text
     for needle in ("stopasgroup = true", "killasgroup = true", "autostart = false",
                    f"stdout_logfile = {supervisor.program_log_path('slappart0', 'web')}",
-                   "process_name = db-on-watch", f"command = {path}/etc/service/db"):
+                   "process_name = db-on-watch"):
         assert needle in text
     # supervisord (root) writes program output in a root-owned place; the partition sees it
     # through a link where the reference layout has the file
     log_dir = supervisor.program_log_dir("slappart0")
     assert log_dir.stat().st_mode & 0o777 == 0o750 and log_dir.stat().st_uid == os.geteuid()
     assert os.readlink(path / ".slappart0_web.log") == str(log_dir / "web.log")
+    cgroup = supervisor.cgroups.partition("slappart0")
+    if cgroup is None:
+        assert f"command = {path}/etc/service/db\n" in text
+    else:  # as root: the launcher joins the partition's cgroup, then drops to its user
+        st = path.stat()
+        assert f"--uid {st.st_uid} --gid {st.st_gid} -- {path}/etc/service/db\n" in text
+        assert all(f"--join {name}" in text for name in cgroup.procs_files)
     # the service restarts locally, the run program does not (reference behaviour)
     db = text.split("[program:slappart0_db]")[1]
     web = text.split("[program:slappart0_web]")[1].split("[program:")[0]
     assert "autorestart = true" in db and "startretries = 5" in db
     assert "autorestart = false" in web
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and cgroup is None:
         assert f"user = {path.stat().st_uid}" in text
     main = supervisor.conf_path.read_text()
     assert f"file = {supervisor.socket_path}" in main and "chmod = 0700" in main
@@ -122,8 +129,15 @@ def test_start_error_names_the_program(supervisor):
     path = make_partition(supervisor, "slappart3", run={"broken": SLEEP})
     (path / "etc/run/broken").chmod(0o644)
     supervisor.apply_partition("slappart3", collect_programs(path))
-    with pytest.raises(PartitionError, match="broken"):
-        supervisor.start_partition("slappart3")
+    if supervisor.cgroups.partition("slappart3") is None:
+        with pytest.raises(PartitionError, match="broken"):
+            supervisor.start_partition("slappart3")
+        return
+    # as root the launcher starts, then cannot run the file: the program exits 127 saying why
+    supervisor.start_partition("slappart3")
+    wait_for(lambda: states(supervisor, "slappart3")["broken"][0] == "EXITED")
+    log = (path / ".slappart3_broken.log").read_text()
+    assert f"slapos launch: cannot run {path}/etc/run/broken: Permission denied" in log
 
 
 def test_local_restart_then_fatal(supervisor, monkeypatch):
@@ -205,7 +219,7 @@ def test_supervisord_without_our_extension(tmp_path_factory, monkeypatch):
         after = running(sv, "slappart0", "a", "b")
         assert after["b"][1] != before["b"][1]
     finally:
-        sv.shutdown()
+        stop_supervisor(sv.settings)
 
 
 def test_identity_tells_a_new_supervisord_without_asking_it(tmp_path_factory, monkeypatch):
@@ -236,7 +250,7 @@ def test_identity_tells_a_new_supervisord_without_asking_it(tmp_path_factory, mo
         assert sv.still_starting(["slappart0:a", "slappart0:unknown"]) <= {"slappart0:a"}
         wait_for(lambda: not sv.still_starting(["slappart0:a"]))
     finally:
-        sv.shutdown()
+        stop_supervisor(sv.settings)
 
 
 def test_program_output_reaches_tail_and_goes_with_the_partition(supervisor, capsys):
