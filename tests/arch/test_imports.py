@@ -17,6 +17,9 @@ ALLOWED = {
     "format": {"slap", "base"},
     "client": {"slap", "base"},
     "recipe": {"slap", "base"},
+    # compatibility modules of the SlapOS ecosystem (docs/community.md): beside the client layers
+    "util": {"slap", "base"},
+    "testing": {"slap", "base"},
     "cli": {"client", "grid", "format", "proxy", "slap", "base"},
 }
 
