@@ -369,8 +369,13 @@ class Formatter:
         if o.certificate_repository_path:
             actions += Directory(subject, o.certificate_repository_path, 0o700).plan(self.users)
         if o.alter_user and o.config_path is not None:
+            from slapos.slap.connection import url_credential
+
             group = self._software_group(computer.software_user)
-            actions += ConfigAccess(subject, Path(o.config_path), group).plan(self.users)
+            # a configuration holding the node credential (access = credentials) stays root's:
+            # the software group has every tenant in it (docs/security-proxy.md)
+            secret = url_credential(o.master_url or "") is not None
+            actions += ConfigAccess(subject, Path(o.config_path), group, file_too=not secret).plan(self.users)
         if o.alter_network and computer.partition_has_ipv6_range:
             actions += Sysctl(subject, "net.ipv6.ip_nonlocal_bind", "1").plan()
         bridge = self.interface_name if o.alter_network and self.net.is_bridge(self.interface_name) else None

@@ -454,10 +454,13 @@ class ConfigAccess:
     subject: str
     config: Path
     group: str
+    # False: only the directory (the file holds a secret, e.g. the node credential of the proxy)
+    file_too: bool = True
 
     def plan(self, users: UserDatabase) -> list[Action]:
         actions: list[Action] = []
-        for path, bits in ((self.config.parent, 0o050), (self.config, 0o040)):
+        targets = [(self.config.parent, 0o050)] + ([(self.config, 0o040)] if self.file_too else [])
+        for path, bits in targets:
             try:
                 st = os.lstat(path)
             except FileNotFoundError:

@@ -109,3 +109,23 @@ def test_configuration_access_refuses_a_planted_symlink(tmp_path, test_user):
     assert [a.description for a in ConfigAccess("computer", link, test_user).plan(UserDatabase())] == [
         f"let group {test_user} read {etc}"]
     assert stat.S_IMODE(victim.stat().st_mode) == 0o600 and victim.stat().st_gid == 0
+
+
+@root_only
+def test_a_configuration_holding_the_node_credential_stays_root_only(world_tmp, test_user):
+    """With access = credentials slapos.cfg holds the node credential: the software group (every
+    tenant is in it) may list the directory, never read the file (docs/security-proxy.md)."""
+    etc = world_tmp / "etc-secret"
+    etc.mkdir(mode=0o700)
+    config = etc / "slapos.cfg"
+    config.write_text("[slapos]\nmaster_url = http://127.0.0.1:1/c/" + "x" * 43 + "/\n")
+    os.chmod(config, 0o600)
+    actions = ConfigAccess("computer", config, test_user, file_too=False).plan(UserDatabase())
+    assert [a.description for a in actions] == [f"let group {test_user} read {etc}"]
+    for action in actions:
+        Executor().apply(action)
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600 and config.stat().st_gid == 0
+    gid = grp.getgrnam(test_user).gr_gid
+    check = subprocess.run(["setpriv", f"--reuid={pwd.getpwnam(test_user).pw_uid}", f"--regid={gid}",
+                            "--clear-groups", "cat", str(config)], capture_output=True, text=True)
+    assert check.returncode != 0 and "/c/" not in check.stdout
