@@ -22,7 +22,7 @@ SECTIONS = ("slapos", "slapformat", "slapproxy", "slapconsole", "networkcache")
 # keys the code reads only to say, with one warning, that it ignores them
 IGNORED = {
     ("slapproxy", "workers"): "removed: the proxy runs one process (raise threads instead)",
-    ("slapproxy", "public_directory_path"): "reference key: this proxy serves no web panel nor public files",
+    ("slapproxy", "public_directory_path"): "reference key: this proxy serves no public files (its dashboard is at /dashboard)",
     ("slapproxy", "local_software_release_root"): "reference key: software release paths are used as given",
 }
 

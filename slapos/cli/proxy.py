@@ -32,7 +32,7 @@ def _start_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="port to listen on (default: [slapproxy] port, else 8080; 0 = any)")
     parser.add_argument(
         "--allow-remote", action="store_true", default=None,
-        help="allow listening on a non-loopback address (the proxy has no authentication)",
+        help="allow listening on a non-loopback address (with [slapproxy] access = open the proxy has no authentication)",
     )
     parser.add_argument("--threads", type=int, help="worker threads (default: [slapproxy] threads, else 8)")
     parser.add_argument(
