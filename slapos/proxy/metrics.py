@@ -3,10 +3,7 @@
 * requests by endpoint and status, and a latency histogram per endpoint: counted in-process by
   `RequestMetrics.observe` (a lock and a few dict updates: ~1 µs on the SLAP path);
 * partitions by state, software releases by state, node status reports: read from the database
-  at scrape time, so every worker process of a `workers = N` proxy answers the same for them.
-
-With several worker processes, the request counters are each worker's own (a scrape reaches one
-worker); the `worker` label (its index) keeps their series apart.
+  at scrape time.
 """
 from __future__ import annotations
 

@@ -25,16 +25,24 @@ def url_of(host: str, port: int) -> str:
 def check_listen_address(config: ProxyConfig) -> None:
     if is_loopback(config.host):
         return
+    if config.access == "credentials":
+        exposure = ("every call needs a credential, but plain HTTP carries it in clear text: anyone on the "
+                    "path can read and reuse it")
+    else:
+        exposure = ("the proxy has no authentication (access = open), anyone reaching it can request, destroy "
+                    "and read every instance")
     if not config.allow_remote:
         raise UsageError(
-            f"refusing to listen on {config.host}: the proxy has no authentication, anyone reaching it can "
-            "request, destroy and read every instance; pass --allow-remote (or [slapproxy] allow_remote = true) "
-            "if that is what you want"
+            f"refusing to listen on {config.host}: {exposure}; pass --allow-remote (or [slapproxy] allow_remote "
+            "= true) if that is what you want"
         )
-    log.warning(
-        "listening on %s, not on loopback: the proxy has NO authentication; anyone who can reach it can "
-        "request and destroy instances and read their connection parameters (passwords)", config.host
-    )
+    if config.access == "credentials":
+        log.warning("listening on %s, not on loopback: %s", config.host, exposure)
+    else:
+        log.warning(
+            "listening on %s, not on loopback: the proxy has NO authentication; anyone who can reach it can "
+            "request and destroy instances and read their connection parameters (passwords)", config.host
+        )
 
 
 def _listen_error(config: ProxyConfig, e: OSError) -> SlapOSError:
