@@ -9,8 +9,9 @@ import secrets
 
 import pytest
 
-from slapos.grid.cgroup import CgroupError, PartitionCgroup, choose, mounted_hierarchies
+from slapos.grid.cgroup import CgroupError, PartitionCgroup
 from slapos.grid.cgroup_config import Limits
+from slapos.grid.cgroup_mounts import choose, mounted_hierarchies
 
 pytestmark = pytest.mark.root
 

@@ -131,7 +131,7 @@ def comm(pid: int) -> str:
 def test_escaped_daemons_and_the_hooks_daemon_die_before_the_partition_is_freed(cgroup_node):
     node = cgroup_node
     from slapos.base.config import Config
-    from slapos.grid.cgroup import choose, mounted_hierarchies
+    from slapos.grid.cgroup_mounts import choose, mounted_hierarchies
 
     mode = Config(node.config_path).get("slapos", "partition_cgroup", "auto")
     if mode == "v2" and not any(h.version == 2 for h in choose("v2", mounted_hierarchies())):
