@@ -69,11 +69,14 @@ def partition_record(computer: str | None, partition: str, **fields: Any) -> dic
     return record
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else "…" + text[-(limit - 1):]
+
+
 def _text(value: Any, limit: int) -> str | None:
     if value is None:
         return None
-    text = value if isinstance(value, str) else str(value)
-    return text if len(text) <= limit else "…" + text[-(limit - 1):]
+    return _cut(value if isinstance(value, str) else str(value), limit)
 
 
 def _int(value: Any) -> int:
@@ -82,11 +85,16 @@ def _int(value: Any) -> int:
 
 def clean_partition(raw: Any, computer: str) -> dict[str, Any] | None:
     """A posted partition record reduced to the vocabulary, or None when it names no partition."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("partition"), str) or not raw["partition"]:
+    if not isinstance(raw, dict):
         return None
-    backoff = raw.get("backoff") if isinstance(raw.get("backoff"), dict) else {}
+    partition = raw.get("partition")
+    if not isinstance(partition, str) or not partition:
+        return None
+    raw_backoff = raw.get("backoff")
+    backoff = raw_backoff if isinstance(raw_backoff, dict) else {}
+    raw_promises = raw.get("promises")
     promises = []
-    for p in (raw.get("promises") if isinstance(raw.get("promises"), list) else [])[:MAX_PROMISES]:
+    for p in (raw_promises if isinstance(raw_promises, list) else [])[:MAX_PROMISES]:
         if isinstance(p, dict) and isinstance(p.get("title"), str):
             promises.append({
                 "title": _text(p["title"], MAX_SHORT),
@@ -96,7 +104,7 @@ def clean_partition(raw: Any, computer: str) -> dict[str, Any] | None:
             })
     status = raw.get("status")
     return partition_record(
-        computer, _text(raw["partition"], MAX_SHORT),
+        computer, _cut(partition, MAX_SHORT),
         software_release=_text(raw.get("software_release"), MAX_SHORT),
         software_type=_text(raw.get("software_type"), MAX_SHORT),
         requested_state=_text(raw.get("requested_state"), 32),

@@ -11,6 +11,11 @@ destroy, usage and the watchdog touch such trees:
   reported, never emptied);
 * small files are read without blocking (a FIFO named `.timestamp` must not hang the watchdog)
   and written by atomic rename (a symlink named like our file is replaced, not followed).
+
+Kept whole: this is every system call root makes in a tenant's tree (reads, writes, the wipe,
+the disk usage walk), sharing one way of opening (`_open_dir`: no symlink, same directory as
+seen); an auditor of the node's exposure to hostile trees reads these rules and all their
+uses in one file.
 """
 from __future__ import annotations
 

@@ -19,6 +19,8 @@ Two kernels' worth of interface, one class:
 
 Without root or without a usable cgroup file system (a standalone node of an ordinary user) the
 node runs without cgroups; destruction then falls back to a /proc scan by uid (destroy.py).
+
+Which hierarchies are used is cgroup_mounts.py; the limits asked and capped, cgroup_config.py.
 """
 from __future__ import annotations
 
@@ -37,70 +39,15 @@ from pathlib import Path
 from slapos.base.errors import ConfigError, SlapOSError
 
 from .cgroup_config import NAME_RE, CgroupConfig, Limits, read_requested
+from .cgroup_mounts import V2_CONTROLLERS, Hierarchy, choose, mounted_hierarchies
 
 log = logging.getLogger("slapos.grid.cgroup")
 
-V1_CONTROLLERS = ("pids", "memory", "freezer", "cpu", "cpuacct")
-V2_CONTROLLERS = ("memory", "pids")  # + "cpu", enabled only for a partition with a CPU quota
 CPU_PERIOD_US = 100_000
-MOUNTS = "/proc/self/mounts"
 
 
 class CgroupError(SlapOSError):
     """A partition's cgroup could not be created, joined, limited or emptied."""
-
-
-# -- hierarchies ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Hierarchy:
-    mount: Path
-    version: int  # 1 or 2
-    controllers: frozenset[str]
-
-
-def mounted_hierarchies(mounts: str = MOUNTS) -> list[Hierarchy]:
-    found = []
-    try:
-        with open(mounts, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 4 or parts[2] not in ("cgroup", "cgroup2"):
-            continue
-        mount = Path(parts[1].replace("\\040", " "))
-        if parts[2] == "cgroup2":
-            try:
-                controllers = frozenset((mount / "cgroup.controllers").read_text().split())
-            except OSError:
-                continue
-            found.append(Hierarchy(mount, 2, controllers))
-        else:
-            options = set(parts[3].split(","))
-            found.append(Hierarchy(mount, 1, frozenset(options & set(V1_CONTROLLERS))))
-    return found
-
-
-def choose(mode: str, hierarchies: list[Hierarchy]) -> list[Hierarchy]:
-    """The hierarchies partitions are placed in: [] when cgroups cannot be used."""
-    if mode == "off":
-        return []
-    v2 = [h for h in hierarchies if h.version == 2]
-    v1 = {}
-    for h in hierarchies:
-        if h.version == 1:
-            for c in h.controllers:
-                v1.setdefault(c, h)
-    full_v2 = [h for h in v2 if {"memory", "pids"} <= h.controllers]
-    if mode == "v2" or (mode == "auto" and (full_v2 or (v2 and not v1))):
-        return (full_v2 or v2)[:1]
-    chosen: list[Hierarchy] = []
-    for controller in V1_CONTROLLERS:
-        h = v1.get(controller)
-        if h is not None and h not in chosen:
-            chosen.append(h)
-    return chosen
 
 
 def node_name(computer_id: str, instance_root: str | Path) -> str:
@@ -216,13 +163,14 @@ class PartitionCgroup:
                 targets += [(p / "cpu.cfs_period_us", str(CPU_PERIOD_US)),
                             (p / "cpu.cfs_quota_us", "-1" if limits.cpu_quota is None else quota)]
         asked = {"memory": limits.memory, "pids": limits.pids, "cpu": limits.cpu_quota}
-        for what, value in asked.items():
-            if value is not None and not any(path.name.startswith(what) and path.exists() for path, _ in targets):
+        for what, amount in asked.items():
+            if amount is not None and not any(path.name.startswith(what) and path.exists() for path, _ in targets):
                 raise CgroupError(f"{self.partition_id}: a {what} limit is asked but the {what} controller "
                                   "is not available on this node")
         changed = []
         pending = [(path, value) for path, value in targets if path.exists() and not _same(path, value)]
         # memory then memsw when lowering, memsw then memory when raising: retry the refused ones
+        reasons: dict[Path, str] = {}  # the kernel's words, not the exception (its traceback holds this frame)
         for _ in range(2):
             refused = []
             for path, value in pending:
@@ -230,13 +178,14 @@ class PartitionCgroup:
                     _write(path, value)
                     changed.append(path.name)
                 except OSError as e:
-                    refused.append((path, value, e))
-            pending = [(p, v) for p, v, _ in refused]
+                    refused.append((path, value))
+                    reasons[path] = e.strerror or str(e)
+            pending = refused
             if not refused:
                 break
         if pending:
-            path, value, e = refused[0]
-            raise CgroupError(f"{self.partition_id}: cannot set {path.name} to {value}: {e.strerror}")
+            path, value = pending[0]
+            raise CgroupError(f"{self.partition_id}: cannot set {path.name} to {value}: {reasons[path]}")
         if changed:
             log.info("%s: cgroup limits set: %s", self.partition_id, ", ".join(changed))
         return changed
@@ -324,15 +273,15 @@ class PartitionCgroup:
     def usage(self) -> Usage:
         u = Usage()
         if self.v2:
-            p = self.paths[0]
-            u.memory_current, u.memory_max = _int(p / "memory.current"), _int(p / "memory.max")
-            u.pids_current, u.pids_max = _int(p / "pids.current"), _int(p / "pids.max")
-            stat = _read(p / "cpu.stat")
+            base = self.paths[0]
+            u.memory_current, u.memory_max = _int(base / "memory.current"), _int(base / "memory.max")
+            u.pids_current, u.pids_max = _int(base / "pids.current"), _int(base / "pids.max")
+            stat = _read(base / "cpu.stat")
             match = re.search(r"^usage_usec (\d+)", stat, re.MULTILINE)
             u.cpu_usage_seconds = int(match.group(1)) / 1e6 if match else None
-            quota = _read(p / "cpu.max").split()
-            if quota and quota[0].isdigit() and len(quota) == 2 and quota[1].isdigit():
-                u.cpu_quota = int(quota[0]) * 100 // int(quota[1])
+            cpu_max = _read(base / "cpu.max").split()  # "max 100000" or "<quota> <period>"
+            if len(cpu_max) == 2 and cpu_max[0].isdigit() and cpu_max[1].isdigit():
+                u.cpu_quota = int(cpu_max[0]) * 100 // int(cpu_max[1])
             return u
         if (p := self._path("memory")) is not None:
             u.memory_current = _int(p / "memory.usage_in_bytes")

@@ -98,8 +98,8 @@ def after_instance_run(settings, seconds: float, exit_code: int, changed: bool =
     try:
         directory = metrics_directory(settings)
         run = render(_run_families("instance", seconds, exit_code))
-        cache = directory / PARTITIONS_CACHE if directory is not None else None
-        if not changed and cache is not None:
+        if not changed and directory is not None:
+            cache = directory / PARTITIONS_CACHE
             try:
                 if time.time() - cache.stat().st_mtime < FULL_REFRESH:
                     write_atomic(directory / f"{FILE_PREFIX}instance.prom", run + cache.read_text(encoding="utf-8"))
@@ -111,7 +111,7 @@ def after_instance_run(settings, seconds: float, exit_code: int, changed: bool =
         statuses = all_statuses(settings)
         partitions = render(partition_families(statuses))
         if directory is not None:
-            write_atomic(cache, partitions)
+            write_atomic(directory / PARTITIONS_CACHE, partitions)
             write_atomic(directory / f"{FILE_PREFIX}instance.prom", run + partitions)
         post_status(settings, status_document(settings.computer_id, statuses))
     except Exception as e:  # never fail a run for what only operators read

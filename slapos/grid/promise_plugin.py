@@ -202,7 +202,10 @@ def release_first() -> None:
     if name in sys.modules:
         return
     here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location(name, os.path.join(here, "release_first.py"))
+    path = os.path.join(here, "release_first.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:  # only for a path without a .py suffix: a broken install
+        raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)

@@ -56,10 +56,14 @@ def forget_ours() -> None:
             del sys.modules[name]
 
 
-def install(forget: bool = True) -> ReleaseFirst:
-    """Install the finder (once) in this process; with `forget`, drop what was imported of ours."""
-    for finder in sys.meta_path:
-        if type(finder).__name__ == "ReleaseFirst" and getattr(finder, "ours", None) == os.path.realpath(OURS):
+def install(forget: bool = True) -> object:
+    """Install the finder (once) in this process; with `forget`, drop what was imported of ours.
+    Returns the finder in place: ours, or the one a copy of this module loaded from another
+    path installed earlier (another class, hence `object`)."""
+    for installed in sys.meta_path:
+        # by class name, not isinstance: a copy of this module imported from another path has its own class
+        if type(installed).__name__ == "ReleaseFirst" and getattr(installed, "ours", None) == os.path.realpath(OURS):
+            finder: object = installed
             break
     else:
         finder = ReleaseFirst()

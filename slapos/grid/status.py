@@ -98,11 +98,12 @@ def status_document(computer_id: str | None, statuses: list[PartitionStatus]) ->
 def _size(value: int | None) -> str:
     if value is None:
         return "max"
+    size: float = value
     for unit in ("", "K", "M", "G"):
-        if value < 1024 or unit == "G":
-            return f"{value:.0f}{unit}" if unit == "" else f"{value:.1f}{unit}"
-        value /= 1024
-    return str(value)
+        if size < 1024 or unit == "G":
+            return f"{size:.0f}{unit}" if unit == "" else f"{size:.1f}{unit}"
+        size /= 1024
+    return str(size)
 
 
 def partition_ids(settings) -> list[str]:

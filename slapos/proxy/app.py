@@ -4,6 +4,10 @@ Each route decodes its form fields, calls the domain (`allocation`, `computers`)
 transaction, and encodes the answer. Bad input of any kind is answered with a 4xx and a one-line
 plain-text reason; the reference answers most of it with a 500.
 
+This module is the routing table and the WSGI entry; a call's fields are read by
+`slapos.proxy.wsgi` (`Request`, `Response`, form decoding), the operators' pages are
+`slapos.proxy.operators`.
+
     app = make_app(ProxyConfig(database=tmp_path / "proxy.db"))   # a fresh app on a temp database
 """
 from __future__ import annotations
@@ -14,14 +18,11 @@ import sqlite3
 import string
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import parse_qsl
 
 from slapos.slap import wire
 
 from . import access, allocation, computers, documents, identity, ownership
-from .access import ANONYMOUS, BASE_KEY, OPEN, Identity, require_node, require_partition
+from .access import ANONYMOUS, OPEN, Identity, require_node, require_partition
 from .cache import CacheServer
 from .config import ProxyConfig
 from .db import Database
@@ -30,30 +31,16 @@ from .errors import (
     Forbidden,
     MethodNotAllowed,
     NotFound,
-    PayloadTooLarge,
     ProxyError,
     ServiceUnavailable,
-    UnsupportedMediaType,
 )
 from .metrics import RequestMetrics
+from .operators import Operators
 from .values import normalise_params
+from .wsgi import Request, Response, bool_field, dict_field, parse_fields, read_form, state_field, text, xml
 
 log = logging.getLogger("slapos.proxy")
 
-XML = "text/xml; charset=utf-8"
-TEXT = "text/plain; charset=utf-8"
-HTML = "text/html; charset=utf-8"
-JSON = "application/json"
-# the dashboard's pages: same origin only, no inline script or style, never framed, no referrer
-# (an instance page's URL may carry ?secrets=1)
-HTML_HEADERS = (
-    ("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),
-    ("Cache-Control", "no-store"),
-)
-MAX_FIELDS = 64
 CERTIFICATE = b"<marshal><dictionary id=\"i2\"><string>certificate</string><string></string>" \
     b"<string>key</string><string></string></dictionary></marshal>"
 EMPTY_STRING = b"<marshal><string></string></marshal>"
@@ -70,160 +57,10 @@ NOT_SERVED = {
 }
 
 
-class _BoundedCache(dict):
-    """A dict that forgets everything when full: cheap, and enough for repeated identical input."""
-
-    def __init__(self, size: int):
-        super().__init__()
-        self.size = size
-
-    def put(self, key, value) -> None:
-        if len(self) >= self.size:
-            self.clear()
-        self[key] = value
-
-
-_MISSING = object()
-MAX_CACHED_TEXT = 8192
-# raw marshalled field → decoded value; raw form body → fields. Every request of an instance
-# buildout or of a `slapos request` loop repeats the same bodies; decoding XML is the costly part.
-_DECODED = _BoundedCache(2048)
-_FORMS = _BoundedCache(1024)
-
-
 def new_run_id() -> str:
     """A random id for one proxy run (`getRunId`): a client seeing it change knows the proxy restarted."""
     alphabet = string.ascii_letters + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(32))
-
-
-@dataclass
-class Response:
-    body: bytes
-    status: str = "200 OK"
-    content_type: str = TEXT
-    headers: tuple = ()
-
-
-def text(body: str) -> Response:
-    return Response(body.encode("utf-8"))
-
-
-def xml(body: bytes | str) -> Response:
-    return Response(body if isinstance(body, bytes) else body.encode("ascii"), content_type=XML)
-
-
-class Request:
-    """The parts of a WSGI request the routes need: fields (query or form) and the partition header."""
-
-    __slots__ = ("environ", "endpoint", "fields", "max_expanded", "identity")
-
-    def __init__(self, environ: dict, endpoint: str, fields: dict[str, str], max_expanded: int = wire.MAX_EXPANDED,
-                 identity: Identity = OPEN):
-        self.environ = environ
-        self.endpoint = endpoint
-        self.fields = fields
-        # a marshalled field may not expand (references counted at each use) beyond the body limit
-        self.max_expanded = max_expanded
-        self.identity = identity  # who calls (access.resolve): checked by each route
-
-    def field(self, name: str) -> str:
-        try:
-            return self.fields[name]
-        except KeyError:
-            raise BadRequest(f"missing field '{name}' for {self.endpoint}") from None
-
-    def reference(self, name: str) -> str:
-        """A required, non-empty identifier field (computer, partition, URL, title)."""
-        value = self.field(name)
-        if not value.strip():
-            raise BadRequest(f"field '{name}' of {self.endpoint} is empty")
-        return self._sendable(name, value)
-
-    def optional(self, name: str) -> str | None:
-        """An optional field; the text 'None' means None (the client sends None that way, §1.1)."""
-        value = self.fields.get(name)
-        return None if value is None or value == "None" or value == "" else self._sendable(name, value)
-
-    def _sendable(self, name: str, value: str) -> str:
-        """Identifiers end up in documents: one XML cannot carry would break every later document
-        of the computer (a 500 for the node), so it is refused here."""
-        if not wire.xml_safe(value):
-            raise BadRequest(f"field '{name}' of {self.endpoint} holds a control character XML cannot carry")
-        return value
-
-    def marshalled(self, name: str, default: Any = None, required: bool = False) -> Any:
-        """The decoded value of a marshalled field. Callers must not modify it: small documents
-        are decoded once and shared (clients send the same ones again and again)."""
-        raw = self.fields.get(name)
-        if raw is None or raw == "":
-            if required:
-                raise BadRequest(f"missing field '{name}' for {self.endpoint}")
-            return default
-        cached = _DECODED.get(raw, _MISSING)
-        if cached is not _MISSING:
-            return cached
-        try:
-            value = wire.loads(raw, max_expanded=self.max_expanded)
-        except wire.WireError as e:
-            raise BadRequest(f"field '{name}' of {self.endpoint}: {e}") from None
-        if len(raw) <= MAX_CACHED_TEXT:
-            _DECODED.put(raw, value)
-        return value
-
-    def partition_header(self) -> tuple[str, str] | None:
-        """(computer_id, partition_id) from `Authorization: X-SlapPartition computer_id=…, computer_partition_id=…`."""
-        header = self.environ.get("HTTP_AUTHORIZATION")
-        if not header:
-            return None
-        scheme, _, rest = header.strip().partition(" ")
-        if scheme.lower() != "x-slappartition":
-            return None
-        items: dict[str, str] = {}
-        for item in rest.split(","):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise BadRequest("malformed X-SlapPartition authorization header: expected key=value items")
-            items[key.strip()] = value.strip()
-        try:
-            return items["computer_id"], items["computer_partition_id"]
-        except KeyError:
-            raise BadRequest(
-                "X-SlapPartition authorization header needs computer_id and computer_partition_id"
-            ) from None
-
-
-def _state_field(req: Request, name: str = "state") -> str | None:
-    """`state` is marshalled (`<marshal><none/></marshal>`); plain text is accepted for curl users."""
-    raw = req.fields.get(name)
-    if raw is None or raw == "" or raw == "None":
-        return None
-    value = req.marshalled(name) if raw.lstrip().startswith("<") else raw
-    if value is not None and not isinstance(value, str):
-        raise BadRequest(f"field '{name}' must be a state name, not {type(value).__name__}")
-    return allocation.check_state(value)
-
-
-def _bool_field(req: Request, name: str) -> bool:
-    raw = req.fields.get(name)
-    if raw is None or raw == "":
-        return False
-    if raw.lstrip().startswith("<"):
-        value = req.marshalled(name)
-    else:
-        value = raw.strip().lower() in ("1", "true", "yes")
-    if not isinstance(value, (bool, int)):
-        raise BadRequest(f"field '{name}' must be a boolean")
-    return bool(value)
-
-
-def _dict_field(req: Request, name: str) -> dict:
-    value = req.marshalled(name, default={})
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise BadRequest(f"field '{name}' of {req.endpoint} must be a marshalled dictionary, not {type(value).__name__}")
-    return value
 
 
 class ProxyApp:
@@ -251,6 +88,7 @@ class ProxyApp:
 
         self.mount("/hateoas", HateoasApp(self.db))
         get, post = "GET", "POST"
+        ops = Operators(self.db, config.computer_id, lambda: self.requests)
         self.routes: dict[str, tuple[str, Callable[[Request], Response]]] = {
             # computer (node) side
             "getFullComputerInformation": (get, self.get_full_computer_information),
@@ -282,17 +120,16 @@ class ProxyApp:
             "reportNodeStatus": (post, self.node_status_report),
             "": (get, self.index),
             # operators: dashboard, machine-readable status, Prometheus metrics (slapos/proxy/dashboard.py)
-            "dashboard": (get, self.page("overview")),
-            "dashboard/computer": (get, self.page("computer")),
-            "dashboard/instance": (get, self.page("instance")),
-            "dashboard/static/dashboard.css": (get, self.static("dashboard.css")),
-            "dashboard/static/dashboard.js": (get, self.static("dashboard.js")),
-            "dashboard/static/favicon.svg": (get, self.static("favicon.svg")),
-            "status.json": (get, self.status_json),
-            "metrics": (get, self.metrics_text),
+            "dashboard": (get, ops.page("overview")),
+            "dashboard/computer": (get, ops.page("computer")),
+            "dashboard/instance": (get, ops.page("instance")),
+            "dashboard/static/dashboard.css": (get, ops.static("dashboard.css")),
+            "dashboard/static/dashboard.js": (get, ops.static("dashboard.js")),
+            "dashboard/static/favicon.svg": (get, ops.static("favicon.svg")),
+            "status.json": (get, ops.status_json),
+            "metrics": (get, ops.metrics_text),
         }
         self.requests = RequestMetrics(set(self.routes) | {"shacache"})  # .worker set by server.py
-        self._dashboard = None
 
     def mount(self, prefix: str, app: Callable) -> None:
         self.mounts.append(("/" + prefix.strip("/") + "/", app))
@@ -373,50 +210,10 @@ class ProxyApp:
         if method != allowed:
             raise MethodNotAllowed(f"{endpoint} takes {allowed}, not {method}", allowed)
         if method == "GET":
-            fields = self._parse(environ.get("QUERY_STRING", ""))
+            fields = parse_fields(environ.get("QUERY_STRING", ""))
         else:
-            fields = self._read_form(environ)
+            fields = read_form(environ, self.config.max_request_size)
         return handler(Request(environ, endpoint, fields, self.config.max_request_size, identity))
-
-    def _read_form(self, environ: dict) -> dict[str, str]:
-        content_type = environ.get("CONTENT_TYPE", "")
-        if content_type and not content_type.lower().startswith("application/x-www-form-urlencoded"):
-            raise UnsupportedMediaType(
-                f"send the fields as application/x-www-form-urlencoded, not {content_type.split(';')[0]}"
-            )
-        limit = self.config.max_request_size
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            raise BadRequest("invalid Content-Length header") from None
-        if length > limit:
-            raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
-        body = environ["wsgi.input"].read(length) if length > 0 else b""
-        fields = _FORMS.get(body)
-        if fields is not None:
-            return fields
-        try:
-            fields = self._parse(body.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise BadRequest("request body is not UTF-8 text") from None
-        if len(body) <= MAX_CACHED_TEXT:
-            _FORMS.put(body, fields)
-        return fields
-
-    @staticmethod
-    def _parse(data: str) -> dict[str, str]:
-        if not data:
-            return {}
-        try:
-            pairs = parse_qsl(data, keep_blank_values=True, max_num_fields=MAX_FIELDS, errors="strict")
-        except UnicodeDecodeError:
-            raise BadRequest("a form field is not UTF-8 text") from None
-        except ValueError:
-            raise BadRequest(f"too many form fields (more than {MAX_FIELDS})") from None
-        fields: dict[str, str] = {}
-        for key, value in pairs:
-            fields.setdefault(key, value)  # the first occurrence wins, as in the reference
-        return fields
 
     # -- computer side ------------------------------------------------------------------------------
     def index(self, req: Request) -> Response:
@@ -431,44 +228,6 @@ class ProxyApp:
         env = req.environ
         host = env.get("HTTP_HOST") or f"{env.get('SERVER_NAME', 'localhost')}:{env.get('SERVER_PORT', '')}"
         return text(f"{env.get('wsgi.url_scheme', 'http')}://{host}/hateoas/")
-
-    # -- operators ----------------------------------------------------------------------------------
-    def page(self, name: str) -> Callable[[Request], Response]:
-        def handler(req: Request) -> Response:
-            from .dashboard import Dashboard
-
-            # with access = credentials, every instance's parameters are the node's to read
-            require_node(req.identity, req.endpoint)
-            if self._dashboard is None:
-                self._dashboard = Dashboard(self.db, self.config.computer_id)
-            status, body = getattr(self._dashboard, name)(req.fields, base=req.environ.get(BASE_KEY, ""))
-            return Response(body, status, HTML, HTML_HEADERS)
-
-        return handler
-
-    def static(self, name: str) -> Callable[[Request], Response]:
-        def handler(req: Request) -> Response:
-            from .dashboard import static_file
-
-            body, kind = static_file(name)
-            return Response(body, content_type=kind, headers=(("Cache-Control", "max-age=300"),
-                                                             ("X-Content-Type-Options", "nosniff")))
-
-        return handler
-
-    def status_json(self, req: Request) -> Response:
-        from .dashboard import status_json
-
-        require_node(req.identity, req.endpoint)
-        return Response(status_json(self.db), content_type=JSON, headers=(("Cache-Control", "no-store"),))
-
-    def metrics_text(self, req: Request) -> Response:
-        from slapos.base.promtext import CONTENT_TYPE
-
-        require_node(req.identity, req.endpoint)
-        from .dashboard import metrics_text
-
-        return Response(metrics_text(self.db, self.requests), content_type=CONTENT_TYPE)
 
     def node_status_report(self, req: Request) -> Response:
         """A node's partition status after its run (`slapos node instance` posts it; optional)."""
@@ -567,10 +326,10 @@ class ProxyApp:
     def request_computer_partition(self, req: Request) -> Response:
         software_release = req.reference("software_release")
         title = req.reference("partition_reference")
-        shared = _bool_field(req, "shared_xml")
+        shared = bool_field(req, "shared_xml")
         software_type = req.optional("software_type") or ("" if shared else "default")
-        parameters = normalise_params(_dict_field(req, "partition_parameter_xml"), "partition_parameter_xml")
-        filter_kw = _dict_field(req, "filter_xml")
+        parameters = normalise_params(dict_field(req, "partition_parameter_xml"), "partition_parameter_xml")
+        filter_kw = dict_field(req, "filter_xml")
         for key in ("computer_guid", "instance_guid"):
             if filter_kw.get(key) is not None and not isinstance(filter_kw[key], str):
                 raise BadRequest(f"filter {key} must be a string")
@@ -579,7 +338,7 @@ class ProxyApp:
                 "this proxy does not forward requests to other masters (filter master_url): "
                 "request from that master directly"
             )
-        state = _state_field(req)
+        state = state_field(req)
         header = self._requester(req)
         request = allocation.InstanceRequest(
             software_release, software_type, title, parameters, filter_kw, state, self.config.computer_id
@@ -621,7 +380,7 @@ class ProxyApp:
         require_partition(req.identity, computer_id, partition_id, req.endpoint)
         if "connection_xml" not in req.fields:
             raise BadRequest(f"missing field 'connection_xml' for {req.endpoint}")
-        connection = normalise_params(_dict_field(req, "connection_xml"), "connection_xml")
+        connection = normalise_params(dict_field(req, "connection_xml"), "connection_xml")
         slave_reference = req.optional("slave_reference")
         with self.db.write() as conn:
             allocation.set_connection(conn, computer_id, partition_id, connection, slave_reference)

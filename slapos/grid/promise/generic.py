@@ -33,6 +33,7 @@ import random
 import re
 import time
 from datetime import datetime, timedelta, timezone
+from typing import TypeVar
 
 PROMISE_STATE_FOLDER_NAME = ".slapgrid/promise"
 PROMISE_RESULT_FOLDER_NAME = ".slapgrid/promise/result"
@@ -99,6 +100,9 @@ class EmptyResult(BaseResult):
 
     def __init__(self) -> None:
         super().__init__(False, None, None)
+
+
+_Verdict = TypeVar("_Verdict", bound=BaseResult)  # _test gives a TestResult, _anomaly an AnomalyResult
 
 
 class PromiseQueueResult:
@@ -171,9 +175,9 @@ class GenericPromise(abc.ABC):
     def _configureLogger(self) -> None:  # noqa: N802
         self.logger = logging.getLogger(self.__name)
         self.logger.propagate = False
-        for handler in list(self.logger.handlers):
-            handler.close()
-            self.logger.removeHandler(handler)
+        for previous in list(self.logger.handlers):
+            previous.close()
+            self.logger.removeHandler(previous)
         if self.__log_folder is None:
             self.__buffer = io.StringIO()
             handler: logging.Handler = logging.StreamHandler(self.__buffer)
@@ -278,7 +282,7 @@ class GenericPromise(abc.ABC):
             selected = [[e for e in entries if e["status"] in FAILED_LEVELS] for entries in selected]
         return selected
 
-    def _verdict(self, result_count, failure_amount, latest_minute, kind: type[BaseResult]) -> BaseResult:
+    def _verdict(self, result_count, failure_amount, latest_minute, kind: type[_Verdict]) -> _Verdict:
         runs = self.getLastPromiseResultList(latest_minute=latest_minute, result_count=result_count)
         if not runs:
             return kind(problem=False, message="No result found!")

@@ -131,7 +131,7 @@ def comm(pid: int) -> str:
 def test_escaped_daemons_and_the_hooks_daemon_die_before_the_partition_is_freed(cgroup_node):
     node = cgroup_node
     from slapos.base.config import Config
-    from slapos.grid.cgroup import choose, mounted_hierarchies
+    from slapos.grid.cgroup_mounts import choose, mounted_hierarchies
 
     mode = Config(node.config_path).get("slapos", "partition_cgroup", "auto")
     if mode == "v2" and not any(h.version == 2 for h in choose("v2", mounted_hierarchies())):
@@ -285,7 +285,8 @@ def test_limits_asked_by_the_release_within_the_nodes_caps_are_enforced(cgroup_n
     status = subprocess.run([sys.executable, "-m", "slapos.cli.main", "node", "status", "--partitions",
                              "--format", "json", "--cfg", str(node.config_path)],
                             capture_output=True, text=True, timeout=60)
-    [mine] = [s for s in json.loads(status.stdout)["partitions"] if s["partition"] == partition_id]
+    document = json.loads(status.stdout)  # the shared status vocabulary (slapos/base/statusdoc.py)
+    [mine] = [s for s in document["partitions"] if s["partition"] == partition_id]
     resources = mine["resources"]
     assert resources["memory_max"] == 64 << 20 and resources["pids_max"] == 40 and resources["cpu_quota"] == 50
     assert resources["pids_current"] >= 2 and resources["memory_current"] > 0  # the service and its daemon

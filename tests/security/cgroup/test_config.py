@@ -6,8 +6,9 @@ import pytest
 
 from slapos.base.config import Config
 from slapos.base.errors import ConfigError
-from slapos.grid.cgroup import choose, mounted_hierarchies, node_name
+from slapos.grid.cgroup import node_name
 from slapos.grid.cgroup_config import CgroupConfig, Limits, parse_size, read_requested
+from slapos.grid.cgroup_mounts import choose, mounted_hierarchies
 
 MOUNTS_V1 = """\
 tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
