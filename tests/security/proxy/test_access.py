@@ -225,3 +225,26 @@ def test_busy_partitions_of_an_older_database_get_credentials_at_start(cproxy, t
         "SELECT reference, credential FROM partition WHERE slap_state = 'busy'").fetchall()
     assert {r[0] for r in rows} == {a, b} and all(r[1] for r in rows)
     assert {r[1] for r in rows}.isdisjoint({url_credential(u) for u in urls.values()})
+
+
+def test_operator_pages_are_the_node_s_under_access_credentials(cproxy, two_trees):
+    """The dashboard, /status.json and /metrics show every instance (and, asked for, its
+    secrets): with access = credentials only the node credential reads them, and the pages'
+    links keep that credential so a browser can follow them."""
+    node, a, b, urls = two_trees
+    mine = _prefix(urls[a])
+    node_prefix = _prefix(cproxy.url)
+    for page in ("dashboard", "dashboard/instance", "status.json", "metrics"):
+        fields = {"computer": node.computer_id, "partition": b, "secrets": "1"} if page.endswith("instance") else None
+        status, body = call(cproxy.port, "GET", "/" + page, fields)
+        assert status == 403 and "beta-secret" not in body, (page, status)
+        status, body = call(cproxy.port, "GET", mine + page, fields)
+        assert status == 403 and "beta-secret" not in body, (page, status)
+        status, body = call(cproxy.port, "GET", node_prefix + page, fields)
+        assert status == 200, (page, status, body[:200])
+    status, body = call(cproxy.port, "GET", node_prefix + "dashboard")
+    assert f'href="{node_prefix}dashboard/computer?id={node.computer_id}"' in body
+    assert 'href="/dashboard' not in body and 'src="/dashboard' not in body
+    status, body = call(cproxy.port, "POST", mine + "reportNodeStatus",
+                        {"computer_id": node.computer_id, "status_json": "{}"})
+    assert status == 403
