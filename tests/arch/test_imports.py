@@ -17,9 +17,6 @@ ALLOWED = {
     "format": {"slap", "base"},
     "client": {"slap", "base"},
     "recipe": {"slap", "base"},
-    # compatibility modules of the SlapOS ecosystem (docs/community.md): beside the client layers
-    "util": {"slap", "base"},
-    "testing": {"slap", "base"},
     "cli": {"client", "grid", "format", "proxy", "slap", "base"},
     # what software releases import (their recipes, promise plugins and test suites): nothing of ours imports them
     "util": {"slap", "base"},
