@@ -87,6 +87,7 @@ def run_local(args: argparse.Namespace) -> int:
         Layout,
         LocalProxy,
         command_available,
+        config_mode,
         give_to,
         link_client_config,
         print_summary,
@@ -106,7 +107,7 @@ def run_local(args: argparse.Namespace) -> int:
     if cfg.exists() and not args.force:
         log.info("keeping the existing %s (use --force to rewrite it)", cfg)
     else:
-        write_file(cfg, render_node_config(layout))
+        write_file(cfg, render_node_config(layout), config_mode(layout))
         log.info("wrote %s", cfg)
     config = Config(cfg)
     for directory in (layout.state_dir, layout.log_dir, layout.software_root, layout.instance_root):

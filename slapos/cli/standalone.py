@@ -206,14 +206,24 @@ def _path(value: str | None) -> Path | None:
 
 
 def render_node_config(layout: Layout) -> str:
-    """slapos.cfg of a standalone node (node + proxy + client in one file)."""
+    """slapos.cfg of a standalone node (node + proxy + client in one file).
+
+    The system layout gives each partition its own user: the proxy then runs with `access =
+    credentials` (docs/security-proxy.md), so a tenant cannot act for another partition through it;
+    the node credential is in `master_url`, and the file is written 0600 (`config_mode`)."""
     privileged = "false" if layout.standalone else "true"
+    master_url = layout.master_url
+    if not layout.standalone:
+        from slapos.proxy.access import new_credential
+
+        master_url += f"c/{new_credential()}/"
     lines = [
         "# Written by `slapos configure local`. See slapos.cfg.example for every key.",
         "[slapos]",
         f"computer_id = {layout.computer_id}",
-        "# the local proxy is the master of this node",
-        f"master_url = {layout.master_url}",
+        "# the local proxy is the master of this node"
+        + ("" if layout.standalone else "; the path carries the node credential: keep this file 0600"),
+        f"master_url = {master_url}",
         f"software_root = {layout.software_root}",
         f"instance_root = {layout.instance_root}",
         f"pidfile_software = {layout.state_dir / 'slapgrid-sr.pid'}",
@@ -249,11 +259,20 @@ def render_node_config(layout: Layout) -> str:
         f"database_uri = {layout.state_dir / 'proxy.db'}",
         f"log_file = {layout.log_dir / 'slapos-proxy.log'}",
         f"pidfile = {layout.state_dir / 'slapos-proxy.pid'}",
+        *([] if layout.standalone else [
+            "# partitions run as their own users: every call carries a credential (docs/security-proxy.md)",
+            "access = credentials",
+        ]),
         "# software_product_list =",
         "#   <product> <software release url>",
         "",
     ]
     return "\n".join(lines)
+
+
+def config_mode(layout: Layout) -> int:
+    """The system layout's configuration holds the node credential: root's only."""
+    return 0o644 if layout.standalone else 0o600
 
 
 def write_file(path: Path, text: str, mode: int = 0o644) -> None:

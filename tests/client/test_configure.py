@@ -63,12 +63,21 @@ def test_both_layouts_render_loadable_configurations(tmp_path):
     assert config.get_bool("slapformat", "alter_user") is True
     assert config.get("slapformat", "ipv4_local_network") == "10.0.0.0/16"
     assert config.get("slapproxy", "database_uri") == "/opt/slapos/proxy.db"
+    # partitions with their own users: the proxy asks every call for a credential, the node's is
+    # in master_url (docs/security-proxy.md), and a second rendering makes another one
+    from slapos.slap.connection import url_credential
+
+    assert config.get("slapproxy", "access") == "credentials"
+    credential = url_credential(config.get("slapos", "master_url"))
+    assert credential and config.get("slapos", "master_url") == f"http://127.0.0.1:8080/c/{credential}/"
+    assert url_credential(Config(text=render_node_config(system)).get("slapos", "master_url")) != credential
 
     user = Layout.from_args(_layout_args(root=str(tmp_path / "node"), partition_number=3), euid=1000)
     assert user.standalone
     config = Config(text=render_node_config(user))
     root = tmp_path / "node"
     assert config.get("slapos", "master_url") == "http://127.0.0.1:8080/"
+    assert config.get("slapproxy", "access", "open") == "open"  # one user: the open standalone node
     assert config.get("slapos", "software_root") == str(root / "software")
     assert config.get("slapos", "pidfile_instance") == str(root / "var" / "slapgrid-cp.pid")
     assert config.get_bool("slapos", "root_check") is False
