@@ -79,10 +79,11 @@ browser:
 screenshots: $(STAMP) browser
 	SLAPNODE_SCREENSHOTS=$(CURDIR)/docs/_static $(BIN)/python -m pytest tests/dashboard -m browser -n 0
 
-# As root the attack suite plays tenants with setfacl/setfattr (Debian packages acl and attr).
+# As root the attack suite plays tenants with setfacl/setfattr (Debian packages acl and attr), and
+# the shipped logrotate file is checked with logrotate itself.
 test-deps:
-	@if [ "$$(id -u)" = 0 ] && ! command -v setfacl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q acl attr; fi
+	@if [ "$$(id -u)" = 0 ] && { ! command -v setfacl >/dev/null 2>&1 || ! command -v logrotate >/dev/null 2>&1; } && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q acl attr logrotate; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check slapos tests bench tools demo docs/_ext
