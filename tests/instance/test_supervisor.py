@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from slapos.grid import supervisor as supervisor_module
+from slapos.grid import supervisor_config
 from slapos.grid.partition import PartitionError
 from slapos.grid.supervisor import Supervisor, collect_programs
 from tests.conftest import make_traversable, wait_for
@@ -141,7 +141,7 @@ def test_start_error_names_the_program(supervisor):
 
 
 def test_local_restart_then_fatal(supervisor, monkeypatch):
-    monkeypatch.setattr(supervisor_module, "SERVICE_START_RETRIES", 2)
+    monkeypatch.setattr(supervisor_config, "SERVICE_START_RETRIES", 2)  # read when the files are written
     path = make_partition(supervisor, "slappart4", service={"crash": "#!/bin/sh\nexit 3\n"})
     supervisor.apply_partition("slappart4", collect_programs(path))
     supervisor.start_partition("slappart4")
