@@ -4,7 +4,7 @@ commands run.
 
     victim                 a file in a root-only (0700) temporary directory; `victim.check()`
                            fails the test if its content, mode, owner or date changed
-    tenant_users           two users made for the session (`tsecfs<worker>u0`, `...u1`), deleted
+    tenant_users           two users made for the session (`tsecfs<pid>u0`, `...u1`), deleted
                            afterwards
     as_user(user, code)    run Python `code` as that user (setgroups/setgid/setuid), with a timeout
 
@@ -103,8 +103,9 @@ def tenant_users():
         pytest.skip("needs root")
     users = []
     for index in range(2):
-        # one pair per pytest-xdist worker: two workers must not delete each other's users
-        name = f"{PREFIX}{os.environ.get('PYTEST_XDIST_WORKER', 'm')}u{index}"
+        # one pair per pytest process (each xdist worker is one): two workers, or two test sessions
+        # on one machine, must not delete each other's users
+        name = f"{PREFIX}{os.getpid() % 100000}u{index}"
         _delete_user(name)  # a leftover of an interrupted session
         subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
                         "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
