@@ -1,0 +1,237 @@
+"""Secure join (docs/join.md): two nodes get computer certificates from one TLS proxy with
+one-time tokens (`slapos node register`), each acts for its own computer only; a replayed or
+expired token, a missing, revoked or foreign certificate is refused and changes nothing."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import ssl
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from slapos.base.config import Config
+from slapos.slap.exceptions import AuthenticationError
+from tests.fixtures.proxy import REPO, free_port, write_config
+from tests.security.proxy.conftest import dump
+
+SR = "https://example.org/tjoin/software.cfg"
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("SLAPOS_")}
+ENV["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
+
+
+def slapos(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "slapos.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+class TLSProxy:
+    def __init__(self, directory: Path):
+        directory.mkdir(parents=True)
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}/"
+        self.database = directory / "proxy.db"
+        self.cfg = directory / "slapos.cfg"
+        self.ca = directory / "ca" / "ca.crt"
+        write_config(self.cfg, {"slapos": {"computer_id": "unused"},
+                                "slapproxy": {"host": "127.0.0.1", "port": str(self.port), "tls": "true",
+                                              "database_uri": str(self.database)}})
+        self.log = open(directory / "proxy.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen([sys.executable, "-m", "slapos.cli.main", "proxy", "start", "--cfg",
+                                         str(self.cfg)], stdout=self.log, stderr=subprocess.STDOUT, env=ENV)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, (directory / "proxy.log").read_text()
+            try:
+                if self.get("/getRunId")[0] == 200:
+                    return
+            except (OSError, ssl.SSLError):
+                time.sleep(0.1)
+        raise RuntimeError("the TLS proxy did not start")
+
+    def context(self, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        if cert:
+            context.load_cert_chain(str(cert), str(key))
+        return context
+
+    def get(self, path: str, cert: Path | None = None, key: Path | None = None) -> tuple[int, str]:
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10, context=self.context(cert, key))
+        try:
+            conn.request("GET", path)
+            answer = conn.getresponse()
+            return answer.status, answer.read().decode()
+        finally:
+            conn.close()
+
+    def token(self, *args: str) -> str:
+        result = slapos("proxy", "token", "--cfg", str(self.cfg), *args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(15)
+        self.log.close()
+
+
+class Node:
+    def __init__(self, root: Path, name: str):
+        self.root, self.name = root, name
+        self.cfg = root / "etc" / "slapos.cfg"
+
+    def register(self, proxy: TLSProxy, token: str, name: str | None = None) -> subprocess.CompletedProcess:
+        return slapos("node", "register", name or self.name, "--token", token, "--cfg", str(self.cfg),
+                      "--master-url", proxy.url, "--master-url-web", proxy.url, "--master-ca-file", str(proxy.ca),
+                      "--software-root", str(self.root / "soft"), "--instance-root", str(self.root / "srv"),
+                      "--state-dir", str(self.root / "var"), "--partition-number", "2")
+
+    @property
+    def config(self) -> Config:
+        return Config(self.cfg)
+
+    def slap(self):
+        from slapos.slap import slap
+
+        cfg = self.config
+        connection = slap()
+        connection.initializeConnection(cfg.get("slapos", "master_url"), key_file=cfg.get("slapos", "key_file"),
+                                        cert_file=cfg.get("slapos", "cert_file"),
+                                        master_ca_file=cfg.get("slapos", "master_ca_file"))
+        return connection
+
+
+def computer_document(computer_id: str, partitions: int) -> dict:
+    return {"reference": computer_id, "address": "127.0.0.1", "netmask": "255.0.0.0",
+            "partition_list": [{"reference": f"slappart{i}", "address_list": [{"addr": "127.0.0.1",
+                                                                                "netmask": "255.0.0.0"}],
+                                "tap": {"name": f"slappart{i}"}} for i in range(partitions)]}
+
+
+@pytest.fixture
+def tls_proxy(tmp_path):
+    proxy = TLSProxy(tmp_path / "proxy")
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture
+def two_nodes(tls_proxy, tmp_path):
+    a, b = Node(tmp_path / "a", "edge-a"), Node(tmp_path / "b", "edge-b")
+    for node, token in ((a, tls_proxy.token("edge-a")), (b, tls_proxy.token())):
+        result = node.register(tls_proxy, token)
+        assert result.returncode == 0, result.stderr
+        node.slap().registerComputer(node.name).updateConfiguration(computer_document(node.name, 2))
+    return a, b
+
+
+def test_the_ca_is_created_once_with_a_private_key(tls_proxy):
+    key = tls_proxy.directory / "ca" / "ca.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tls_proxy.directory / "ca").stat().st_mode) == 0o700
+
+
+def test_two_nodes_join_and_each_acts_only_for_its_own_computer(tls_proxy, two_nodes):
+    a, b = two_nodes
+    for node in (a, b):
+        cfg = node.config
+        assert cfg.get("slapos", "computer_id") == node.name  # read from the certificate
+        assert stat.S_IMODE(Path(cfg.get("slapos", "key_file")).stat().st_mode) == 0o600
+    slap_a, slap_b = a.slap(), b.slap()
+    assert len(slap_a.registerComputer("edge-a").getComputerPartitionList()) == 2  # as formatted
+    slap_a.registerSupply().supply(SR, "edge-a")
+    slap_b.registerSupply().supply(SR, "edge-b")
+    instance_a = slap_a.registerOpenOrder().request(SR, "tree-a", filter_kw={"computer_guid": "edge-a"})
+    instance_b = slap_b.registerOpenOrder().request(SR, "tree-b", filter_kw={"computer_guid": "edge-b"})
+    assert instance_a.getId() in [p.getId() for p in slap_a.registerComputer("edge-a").getComputerPartitionList()]
+    before = dump(tls_proxy.database)
+    attacks = [
+        lambda: slap_a.registerComputer("edge-b").getComputerPartitionList(),  # read B's documents
+        lambda: slap_a.registerComputerPartition("edge-b", instance_b.getId()).getInstanceParameterDict(),
+        lambda: slap_a.registerComputerPartition("edge-b", instance_b.getId()).started(),  # report for B
+        lambda: slap_a.registerComputer("edge-b").updateConfiguration(computer_document("edge-b", 1)),
+        lambda: slap_a.registerSupply().supply(SR, "edge-b", "destroyed"),
+        lambda: slap_b.registerComputerPartition("edge-a", instance_a.getId()).setConnectionDict({"x": "y"}),
+    ]
+    for attack in attacks:
+        with pytest.raises(AuthenticationError):
+            attack()
+    assert dump(tls_proxy.database) == before
+    # without a certificate: only the token exchange and the harmless calls answer
+    status, body = tls_proxy.get("/getFullComputerInformation?computer_id=edge-a")
+    assert status == 403 and "credential" in body
+
+
+def test_partition_certificates_act_for_their_partition_only(tls_proxy, two_nodes, tmp_path):
+    a, _b = two_nodes
+    slap_a = a.slap()
+    slap_a.registerSupply().supply(SR, "edge-a")
+    one = slap_a.registerOpenOrder().request(SR, "one", filter_kw={"computer_guid": "edge-a"})
+    two = slap_a.registerOpenOrder().request(SR, "two", filter_kw={"computer_guid": "edge-a"})
+    certificates = {}
+    for partition in (one.getId(), two.getId()):
+        got = slap_a.registerComputerPartition("edge-a", partition).getCertificate()
+        assert "BEGIN CERTIFICATE" in got["certificate"] and "PRIVATE KEY" in got["key"]
+        assert slap_a.registerComputerPartition("edge-a", partition).getCertificate() == got  # kept, not re-issued
+        cert, key = tmp_path / f"{partition}.crt", tmp_path / f"{partition}.key"
+        cert.write_text(got["certificate"])
+        key.write_text(got["key"])
+        certificates[partition] = (cert, key)
+    cert, key = certificates[one.getId()]
+    status, _ = tls_proxy.get(f"/registerComputerPartition?computer_reference=edge-a&computer_partition_reference="
+                              f"{one.getId()}", cert, key)
+    assert status == 200
+    before = dump(tls_proxy.database)
+    status, body = tls_proxy.get(f"/registerComputerPartition?computer_reference=edge-a&computer_partition_reference="
+                                 f"{two.getId()}", cert, key)
+    assert status == 403
+    status, body = tls_proxy.get("/getFullComputerInformation?computer_id=edge-a", cert, key)
+    assert status == 403
+    assert dump(tls_proxy.database) == before
+
+
+def test_replayed_and_expired_tokens_and_a_taken_name_are_refused(tls_proxy, tmp_path):
+    node = Node(tmp_path / "n", "edge-n")
+    token = tls_proxy.token()
+    expired_token = tls_proxy.token("--lifetime", "0.2")
+    assert node.register(tls_proxy, token).returncode == 0
+    time.sleep(0.5)
+    before = dump(tls_proxy.database)
+    replay = Node(tmp_path / "r", "edge-r").register(tls_proxy, token)
+    assert replay.returncode == 1 and "already used" in replay.stderr, replay.stderr
+    expired = Node(tmp_path / "e", "edge-e").register(tls_proxy, expired_token)
+    assert expired.returncode == 1 and "expired" in expired.stderr, expired.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "e").exists()
+    assert dump(tls_proxy.database) == before
+    fresh = tls_proxy.token()
+    taken = Node(tmp_path / "t", "edge-n").register(tls_proxy, fresh)
+    assert taken.returncode == 1 and "already in use" in taken.stderr, taken.stderr
+    bound = tls_proxy.token("edge-x")
+    wrong = Node(tmp_path / "w", "edge-y").register(tls_proxy, bound)
+    assert wrong.returncode == 1 and "it is for computer edge-x" in wrong.stderr, wrong.stderr
+
+
+def test_a_revoked_certificate_is_refused_at_once(tls_proxy, two_nodes):
+    a, b = two_nodes
+    listed = slapos("proxy", "certificates", "--cfg", str(tls_proxy.cfg), "--format", "json")
+    rows = {r["computer"]: r for r in json.loads(listed.stdout)}
+    assert set(rows) == {"edge-a", "edge-b"} and rows["edge-b"]["state"] == "active"
+    assert b.slap().registerComputer("edge-b").getComputerPartitionList()
+    revoked = slapos("proxy", "revoke", "--cfg", str(tls_proxy.cfg), rows["edge-b"]["serial"])
+    assert revoked.returncode == 0, revoked.stderr
+    with pytest.raises(AuthenticationError):  # the running proxy, without a restart
+        b.slap().registerComputer("edge-b").getComputerPartitionList()
+    assert a.slap().registerComputer("edge-a").getComputerPartitionList()
+    again = slapos("proxy", "revoke", "--cfg", str(tls_proxy.cfg), rows["edge-b"]["serial"])
+    assert again.returncode == 1 and "no active certificate" in again.stderr
+    # the name is free again: the node can join anew with a new token
+    assert b.register(tls_proxy, tls_proxy.token()).returncode == 0
+    assert b.slap().registerComputer("edge-b").getComputerPartitionList()
