@@ -235,3 +235,26 @@ def test_a_revoked_certificate_is_refused_at_once(tls_proxy, two_nodes):
     # the name is free again: the node can join anew with a new token
     assert b.register(tls_proxy, tls_proxy.token()).returncode == 0
     assert b.slap().registerComputer("edge-b").getComputerPartitionList()
+
+
+def test_registered_nodes_format_themselves_over_tls(tls_proxy, tmp_path):
+    """The node's own code (slapos node format) reports to the TLS proxy with the registered
+    configuration, as is: certificate, key and the proxy's CA from `slapos node register`."""
+    from tests.fixtures.node import format_node
+
+    nodes = [Node(tmp_path / "a", "edge-a"), Node(tmp_path / "b", "edge-b")]
+    for node in nodes:
+        assert node.register(tls_proxy, tls_proxy.token(node.name)).returncode == 0
+        (node.root / "var").mkdir()
+        result = format_node(node.cfg, alter_user=False, alter_network=False, random_delay=0)
+        assert [p.reference for p in result.computer.partition_list] == ["slappart0", "slappart1"]
+    rows = dump(tls_proxy.database)
+    for name in ("edge-a", "edge-b"):
+        assert any(line.startswith('INSERT INTO "partition"') and f"'{name}'" in line for line in rows)
+    # node A's configuration pointed at B's computer: refused by the proxy, B's partitions unchanged
+    text = nodes[0].cfg.read_text().replace("computer_id = edge-a", "computer_id = edge-b")
+    nodes[0].cfg.write_text(text)
+    before = dump(tls_proxy.database)
+    with pytest.raises(AssertionError, match="not told"):
+        format_node(nodes[0].cfg, alter_user=False, alter_network=False, random_delay=0)
+    assert dump(tls_proxy.database) == before
