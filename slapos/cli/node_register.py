@@ -331,8 +331,9 @@ def run(args: argparse.Namespace) -> int:
     text = render(template, plan)
     _check(text, plan)
     make_dirs(plan.config.parent, 0o755)
-    make_dirs(plan.ssl_dir, 0o700)
-    make_dirs(plan.partition_pki, 0o700)
+    # traversable, not listable: each partition's user reaches its own 0600 files in partition_pki
+    make_dirs(plan.ssl_dir, 0o711)
+    make_dirs(plan.partition_pki, 0o711)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     kept = keep_former([plan.config, plan.key_file, plan.cert_file], stamp)
     write_new(plan.key_file, key, 0o600)

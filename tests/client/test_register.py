@@ -128,7 +128,7 @@ def test_register_writes_the_configuration_key_and_certificate(tmp_path, master)
     # the key is private from its creation, even with umask 0; the directory above kept its mode
     assert mode(etc / "ssl" / "computer.key") == 0o600
     assert mode(etc / "slapos.cfg") == 0o600
-    assert mode(etc / "ssl") == 0o700
+    assert mode(etc / "ssl") == 0o711
     assert mode(tmp_path / "node") == 0o750
     key_text = (etc / "ssl" / "computer.key").read_text()
     assert "PRIVATE KEY" in key_text

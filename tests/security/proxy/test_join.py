@@ -258,3 +258,52 @@ def test_registered_nodes_format_themselves_over_tls(tls_proxy, tmp_path):
     with pytest.raises(AssertionError, match="not told"):
         format_node(nodes[0].cfg, alter_user=False, alter_network=False, random_delay=0)
     assert dump(tls_proxy.database) == before
+
+
+def test_a_registered_node_deploys_an_instance_over_tls(tls_proxy, tmp_path):
+    """`slapos node instance` of a registered node: it fetches its computer document and the
+    partition's certificate over mutual TLS, deploys, and the partition reads itself with it."""
+    import shutil
+    from types import SimpleNamespace
+
+    from slapos.base.config import Config
+    from slapos.base.settings import NodeSettings
+    from slapos.cli.main import main
+    from tests.conftest import make_traversable
+    from tests.fixtures.node import format_node, give_to_nobody
+    from tests.fixtures.supervisor import stop_supervisor
+    from tests.instance.conftest import install_software
+    from tests.instance.test_instance import fetch
+
+    node = Node(tmp_path / "a", "edge-a")
+    node.root.mkdir()
+    make_traversable(node.root)
+    public_ca = node.root / "proxy-ca.crt"  # what the operator copies to each node (the CA's directory is 0700)
+    shutil.copyfile(tls_proxy.ca, public_ca)
+    os.chmod(public_ca, 0o644)
+    tls_proxy.ca = public_ca
+    assert node.register(tls_proxy, tls_proxy.token(node.name)).returncode == 0
+    (node.root / "var").mkdir()
+    text = node.cfg.read_text().replace("[slapos]\n", "[slapos]\npartition_cgroup = off\nroot_check = false\n", 1)
+    node.cfg.write_text(text)
+    result = format_node(node.cfg, alter_user=False, alter_network=False, random_delay=0)
+    cfg = node.config
+    software_root, instance_root = Path(cfg.get("slapos", "software_root")), Path(cfg.get("slapos", "instance_root"))
+    url = install_software(software_root, "web")
+    slap = node.slap()
+    slap.registerSupply().supply(url, "edge-a")
+    port = free_port()
+    partition = slap.registerOpenOrder().request(url, "web", partition_parameter_kw={
+        "port": str(port), "message": "hello over tls"}, filter_kw={"computer_guid": "edge-a"}).getId()
+    give_to_nobody(SimpleNamespace(software_root=software_root, instance_root=instance_root,
+                                   partition_ids=[p.reference for p in result.computer.partition_list]))
+    try:
+        assert main(["node", "instance", "--cfg", str(node.cfg), "--now"]) == 0
+        assert fetch(port).strip() == "hello over tls"
+        pki = Path(cfg.get("slapos", "certificate_repository_path"))
+        assert sorted(p.name for p in pki.iterdir()) == [f"{partition}.crt", f"{partition}.key"]
+        slap_connection = (instance_root / partition / "buildout.cfg").read_text()
+        assert f"cert-file = {pki / partition}.crt" in slap_connection
+        assert f"master-ca-file = {public_ca}" in slap_connection
+    finally:
+        stop_supervisor(NodeSettings.from_config(Config(node.cfg)))
