@@ -220,7 +220,8 @@ class Access:
             identity = Identity("partition", computer_id, partition_id)
         else:  # a partition certificate of a partition since freed (its credential changed)
             raise Forbidden(f"certificate {serial} belonged to partition {partition_id} of {computer_id}, since freed")
-        environ["slapos.identity"] = f"cert:{computer_id}" if kind == "computer" else None
+        # who calls, for the user API's owner records (identity.caller): the certificate, never the socket
+        environ["slapos.identity"] = f"cert:{computer_id}" + (f"/{partition_id}" if kind == "partition" else "")
         return identity
 
     def _partition(self, digest: str) -> Identity | None:

@@ -31,16 +31,17 @@ def slapos(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 class TLSProxy:
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, host: str = "127.0.0.1"):
         directory.mkdir(parents=True)
         self.directory = directory
         self.port = free_port()
-        self.url = f"https://127.0.0.1:{self.port}/"
+        self.host = host
+        self.url = f"https://{host}:{self.port}/"
         self.database = directory / "proxy.db"
         self.cfg = directory / "slapos.cfg"
         self.ca = directory / "ca" / "ca.crt"
         write_config(self.cfg, {"slapos": {"computer_id": "unused"},
-                                "slapproxy": {"host": "127.0.0.1", "port": str(self.port), "tls": "true",
+                                "slapproxy": {"host": host, "port": str(self.port), "tls": "true",
                                               "database_uri": str(self.database)}})
         self.log = open(directory / "proxy.log", "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen([sys.executable, "-m", "slapos.cli.main", "proxy", "start", "--cfg",
@@ -62,7 +63,7 @@ class TLSProxy:
         return context
 
     def get(self, path: str, cert: Path | None = None, key: Path | None = None) -> tuple[int, str]:
-        conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10, context=self.context(cert, key))
+        conn = http.client.HTTPSConnection(self.host, self.port, timeout=10, context=self.context(cert, key))
         try:
             conn.request("GET", path)
             answer = conn.getresponse()
@@ -307,3 +308,76 @@ def test_a_registered_node_deploys_an_instance_over_tls(tls_proxy, tmp_path):
         assert f"master-ca-file = {public_ca}" in slap_connection
     finally:
         stop_supervisor(NodeSettings.from_config(Config(node.cfg)))
+
+
+NETNS, VETH, PREFIX = "joinb", "joinv", "10.231.77"
+
+
+@pytest.fixture
+def netns():
+    """A network namespace `joinb` linked to the host by a veth pair: host 10.231.77.1, netns .2."""
+    if os.geteuid() != 0 or subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
+        pytest.skip("needs root and ip netns")
+
+    def ip(*args: str, check: bool = True) -> None:
+        subprocess.run(["ip", *args], check=check, capture_output=True)
+
+    ip("netns", "del", NETNS, check=False)
+    ip("link", "del", f"{VETH}0", check=False)
+    ip("netns", "add", NETNS)
+    try:
+        ip("link", "add", f"{VETH}0", "type", "veth", "peer", "name", f"{VETH}1")
+        ip("link", "set", f"{VETH}1", "netns", NETNS)
+        ip("addr", "add", f"{PREFIX}.1/30", "dev", f"{VETH}0")
+        ip("link", "set", f"{VETH}0", "up")
+        for args in (("addr", "add", f"{PREFIX}.2/30", "dev", f"{VETH}1"), ("link", "set", f"{VETH}1", "up"),
+                     ("link", "set", "lo", "up")):
+            ip("netns", "exec", NETNS, "ip", *args)
+        yield NETNS
+    finally:
+        ip("link", "del", f"{VETH}0", check=False)
+        ip("netns", "del", NETNS, check=False)
+
+
+def test_a_node_in_another_network_namespace_joins_and_is_kept_to_its_computer(netns, tmp_path):
+    proxy = TLSProxy(tmp_path / "proxy", host=f"{PREFIX}.1")
+    try:
+        a = Node(tmp_path / "a", "edge-a")  # on the proxy's own network
+        assert a.register(proxy, proxy.token("edge-a")).returncode == 0
+        a.slap().registerComputer("edge-a").updateConfiguration(computer_document("edge-a", 2))
+        b = Node(tmp_path / "b", "edge-b")  # in its own network namespace, reaching the proxy over the veth
+        args = ["ip", "netns", "exec", netns, sys.executable, "-m", "slapos.cli.main", "node", "register", "edge-b",
+                "--token", proxy.token("edge-b"), "--cfg", str(b.cfg), "--master-url", proxy.url,
+                "--master-url-web", proxy.url, "--master-ca-file", str(proxy.ca),
+                "--software-root", str(b.root / "soft"), "--instance-root", str(b.root / "srv"),
+                "--state-dir", str(b.root / "var")]
+        result = subprocess.run(args, capture_output=True, text=True, timeout=60, env=ENV)
+        assert result.returncode == 0, result.stderr
+        script = (
+            "import sys\n"
+            "from slapos.base.config import Config\n"
+            "from slapos.slap import slap\n"
+            "from slapos.slap.exceptions import AuthenticationError\n"
+            "cfg = Config(sys.argv[1])\n"
+            "s = slap()\n"
+            "s.initializeConnection(cfg.get('slapos', 'master_url'), key_file=cfg.get('slapos', 'key_file'),\n"
+            "                       cert_file=cfg.get('slapos', 'cert_file'), master_ca_file=cfg.get('slapos', 'master_ca_file'))\n"
+            "s.registerComputer('edge-b').updateConfiguration({'reference': 'edge-b', 'address': '10.0.0.1',\n"
+            "    'netmask': '255.0.0.0', 'partition_list': [{'reference': 'slappart0', 'address_list': [],\n"
+            "    'tap': {'name': 'slappart0'}}]})\n"
+            "try:\n"
+            "    s.registerComputer('edge-a').getComputerPartitionList()\n"
+            "    print('READ-A')\n"
+            "except AuthenticationError:\n"
+            "    print('REFUSED-A')\n"
+        )
+        before = [line for line in dump(proxy.database) if "edge-b" not in line]
+        result = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", script, str(b.cfg)],
+                                capture_output=True, text=True, timeout=60, env=ENV)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "REFUSED-A"
+        assert [line for line in dump(proxy.database) if "edge-b" not in line] == before
+        with pytest.raises(AuthenticationError):
+            a.slap().registerComputer("edge-b").getComputerPartitionList()
+    finally:
+        proxy.stop()
