@@ -48,8 +48,8 @@ EMPTY_STRING = b"<marshal><string></string></marshal>"
 # Endpoints of the SLAP protocol this proxy does not serve, as the reference (404, §2.1–2.2).
 NOT_SERVED = {
     "getComputerStatus": "computer status is not kept by this proxy",
-    "generateComputerCertificate": "this proxy issues no certificates",
-    "revokeComputerCertificate": "this proxy issues no certificates",
+    "generateComputerCertificate": "certificates come from the token exchange (slapos node register)",
+    "revokeComputerCertificate": "revoke with slapos proxy revoke on the proxy's machine",
     "requestComputer": "computers register themselves with slapos node format",
     "getHostingSubscriptionIpList": "this proxy does not compute firewall address lists",
     "updateComputerPartitionRelatedInstanceList": "this proxy does not track related instance lists",

@@ -381,3 +381,30 @@ def test_a_node_in_another_network_namespace_joins_and_is_kept_to_its_computer(n
             a.slap().registerComputer("edge-b").getComputerPartitionList()
     finally:
         proxy.stop()
+
+
+def test_certificates_the_proxy_did_not_issue_to_a_client_are_refused(tls_proxy, two_nodes, tmp_path):
+    """A certificate of another CA fails the handshake or is anonymous; the proxy's own server
+    certificate (signed by its CA, but not a client's) gets no identity."""
+    from cryptography.hazmat.primitives import serialization
+
+    from slapos.proxy.ca import CertificateAuthority
+
+    other = CertificateAuthority(tmp_path / "other-ca").load_or_create("evil")
+    forged = other.issue("edge-a", "computer")
+    cert, key = tmp_path / "forged.crt", tmp_path / "forged.key"
+    cert.write_text(forged.certificate)
+    key.write_text(forged.key)
+    try:
+        status, _ = tls_proxy.get("/getFullComputerInformation?computer_id=edge-a", cert, key)
+    except (ssl.SSLError, OSError):
+        status = None  # the handshake refused it
+    assert status in (None, 403)
+    server_cert = tls_proxy.directory / "ca" / "server.crt"
+    server_key = tls_proxy.directory / "ca" / "server.key"
+    serialization.load_pem_private_key(server_key.read_bytes(), password=None)  # it is a real key pair
+    try:
+        status = tls_proxy.get("/getFullComputerInformation?computer_id=edge-a", server_cert, server_key)[0]
+    except (ssl.SSLError, OSError):
+        status = None
+    assert status in (None, 403)
