@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "slapos.cli.node_boot",
     "slapos.cli.node_collect",
     "slapos.cli.node_prune",
+    "slapos.cli.node_register",
     "slapos.cli.client",
     "slapos.cli.service",
     "slapos.cli.cachelookup",

@@ -111,6 +111,106 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _database(args: argparse.Namespace):
+    from pathlib import Path
+
+    from slapos.proxy.db import Database
+
+    if args.database_uri:
+        path = Path(args.database_uri).expanduser()
+    else:
+        path = _load_config(args).get_path("slapproxy", "database_uri")
+    return Database.open(path, create=False)
+
+
+def _token_arguments(parser: argparse.ArgumentParser) -> None:
+    _database_arguments(parser)
+    parser.add_argument("computer", nargs="?", metavar="COMPUTER",
+                        help="the computer the token is for (without it, the node registering names itself)")
+    parser.add_argument("--lifetime", type=float, default=3600.0, metavar="SECONDS",
+                        help="seconds the token stays valid (default: 3600)")
+
+
+def token(args: argparse.Namespace) -> int:
+    """A one-time token from the proxy's own database: for the proxy's operator (who can read it)."""
+    import os
+
+    from slapos.base.errors import UsageError
+    from slapos.proxy import ca, ownership
+
+    if args.lifetime <= 0:
+        raise UsageError("--lifetime must be a positive number of seconds")
+    if args.computer is not None and not ca.COMPUTER_ID.match(args.computer):
+        raise UsageError(f"computer {args.computer!r}: letters, digits, '.', '_', '-' and '@' only")
+    db = _database(args)
+    try:
+        with db.write(documents=False) as conn:
+            ownership.ensure_tables(conn)
+            value = ownership.issue_token(conn, f"uid:{os.geteuid()}", args.computer, args.lifetime)
+    finally:
+        db.close()
+    print(value)
+    return 0
+
+
+def _certificates_arguments(parser: argparse.ArgumentParser) -> None:
+    _database_arguments(parser)
+    add_format_argument(parser)
+    parser.add_argument("--all", action="store_true", help="also revoked and expired certificates")
+
+
+def certificates(args: argparse.Namespace) -> int:
+    import time
+
+    from slapos.client import output
+    from slapos.proxy import ca
+
+    db = _database(args)
+    try:
+        with db.write(documents=False) as conn:
+            rows = ca.listing(conn)
+    finally:
+        db.close()
+    now = time.time()
+    for row in rows:
+        row["state"] = "revoked" if row["revoked"] else ("expired" if row["expires"] < now else "active")
+    if not args.all:
+        rows = [r for r in rows if r["state"] == "active"]
+    if args.format == "json":
+        output.dump_json(rows)
+        return 0
+
+    def day(t):
+        return time.strftime("%Y-%m-%d", time.gmtime(t))
+
+    output.table(["SERIAL", "KIND", "COMPUTER", "PARTITION", "ISSUED", "EXPIRES", "STATE"],
+                 [[r["serial"], r["kind"], r["computer"], r["partition"] or "", day(r["issued"]), day(r["expires"]),
+                   r["state"]] for r in rows])
+    return 0
+
+
+def _revoke_arguments(parser: argparse.ArgumentParser) -> None:
+    _database_arguments(parser)
+    parser.add_argument("what", metavar="SERIAL|COMPUTER",
+                        help="a certificate's serial (slapos proxy certificates), or a computer: all its certificates")
+
+
+def revoke(args: argparse.Namespace) -> int:
+    from slapos.base.errors import SlapOSError
+    from slapos.proxy import ca
+
+    db = _database(args)
+    try:
+        with db.write(documents=False) as conn:
+            serials = ca.revoke(conn, args.what)
+    finally:
+        db.close()
+    if not serials:
+        raise SlapOSError(f"no active certificate with serial or computer {args.what!r}: see slapos proxy certificates")
+    print("revoked " + ", ".join(serials))
+    return 0
+
+
 COMMANDS = [
     Command(
         path=("proxy", "start"),
@@ -128,5 +228,27 @@ COMMANDS = [
         description="Read the proxy database and print its content as tables (or JSON with --format json).",
         run=show,
         arguments=_show_arguments,
+    ),
+    Command(
+        path=("proxy", "token"),
+        help="issue a one-time token a node exchanges for its certificate (slapos node register)",
+        description="Print a one-time, expiring token, stored hashed in the proxy database. Give it to "
+                    "`slapos node register NAME --token TOKEN --master-url-web <proxy URL>` (docs/join.md).",
+        run=token,
+        arguments=_token_arguments,
+    ),
+    Command(
+        path=("proxy", "certificates"),
+        help="list the certificates the proxy's CA issued",
+        description="Serial, kind, computer, dates and state of each certificate (active ones unless --all).",
+        run=certificates,
+        arguments=_certificates_arguments,
+    ),
+    Command(
+        path=("proxy", "revoke"),
+        help="revoke a certificate (by serial) or every certificate of a computer",
+        description="A revoked certificate is refused at once by the running proxy (it checks every request).",
+        run=revoke,
+        arguments=_revoke_arguments,
     ),
 ]

@@ -367,7 +367,9 @@ class Formatter:
         actions += Directory(subject, o.software_root, 0o755,
                              user=computer.software_user if o.alter_user else None).plan(self.users)
         if o.certificate_repository_path:
-            actions += Directory(subject, o.certificate_repository_path, 0o700).plan(self.users)
+            # traversable, not listable: each partition user reads its own 0600 certificate and key
+            # there (the slap-connection of its buildout points at them), no one lists them
+            actions += Directory(subject, o.certificate_repository_path, 0o711).plan(self.users)
         if o.alter_user and o.config_path is not None:
             from slapos.slap.connection import url_credential
 

@@ -38,6 +38,7 @@ server-url = {server_url}
 software-release-url = {software_release_url}
 key-file = {key_file}
 cert-file = {cert_file}
+master-ca-file = {master_ca_file}
 shared-part-list =
   {shared_part_list}
 build-time-part-list =
@@ -52,6 +53,7 @@ server_url = {server_url}
 software_release_url = {software_release_url}
 key_file = {key_file}
 cert_file = {cert_file}
+master_ca_file = {master_ca_file}
 
 [storage-configuration]
 storage-home = {storage_home}
@@ -170,6 +172,8 @@ class Builder:
             "software_release_url": d.software_release_url,
             "key_file": str(certs[1]) if certs else "",
             "cert_file": str(certs[0]) if certs else "",
+            # the CA verifying the master (a proxy's own CA, docs/join.md): empty for the system CAs
+            "master_ca_file": str(s.master_ca_file) if s.master_ca_file else "",
             "requested_state": d.requested_state,
             "storage_home": s.instance_storage_home or "",
             "ipv4_global_network": s.ipv4_global_network or "",

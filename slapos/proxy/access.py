@@ -16,7 +16,14 @@ included. Two kinds of credential:
 
 A call without a credential gets 403, except the harmless ones (`getRunId`, the index, product
 lookups, binary cache downloads). Resolution of a credential to an identity happens here and only
-here: issue 16 adds TLS client certificates as another source of the same `Identity`.
+here.
+
+On a TLS proxy (`[slapproxy] tls = true`, docs/join.md) a verified client certificate of the
+proxy's CA is the other source of the same `Identity`: the TLS server puts its serial in the
+environ (`PEER_SERIAL_KEY`), resolved here against the `certificate` table on every call (so a
+revocation is refused at once): a **computer certificate** acts as the node of that computer only
+(kind `computer`), a **partition certificate** as that partition. A call without a certificate
+is anonymous whatever the access mode: only the token exchange and the harmless calls answer it.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import logging
 import secrets
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 
 from slapos.slap.connection import CREDENTIAL_PREFIX as PREFIX
@@ -39,6 +47,8 @@ OPEN_MODE, CREDENTIALS_MODE = "open", "credentials"
 # the environ key holding the credential prefix a call came with (`/c/<credential>`): pages that
 # link to the proxy itself (the dashboard) keep it in their links
 BASE_KEY = "slapnode.base"
+# set by the TLS server (tls.py) from the verified client certificate: its serial, lowercase hex
+PEER_SERIAL_KEY = "slapnode.peer_serial"
 MODES = (OPEN_MODE, CREDENTIALS_MODE)
 _CACHE_MAX = 4096
 
@@ -76,7 +86,15 @@ class Identity:
     def __str__(self) -> str:
         if self.kind == "partition":
             return f"partition {self.partition_id} of {self.computer_id}"
+        if self.kind == "computer":
+            return f"computer {self.computer_id}"
         return self.kind
+
+    def owns(self, computer_id: str | None) -> bool:
+        """May act as the node of `computer_id` (the node credential, anyone when open, or that
+        computer's certificate)."""
+        return self.trusted or (self.kind == "computer" and computer_id is not None
+                                and computer_id == self.computer_id)
 
 
 OPEN = Identity(OPEN_MODE)
@@ -84,10 +102,14 @@ NODE = Identity("node")
 ANONYMOUS = Identity("anonymous")
 
 
-def require_node(identity: Identity, what: str) -> None:
-    """Only the node (or anyone, on an open proxy) may `what`."""
-    if identity.trusted:
+def require_node(identity: Identity, what: str, computer_id: str | None = None) -> None:
+    """Only the node (or anyone, on an open proxy) may `what`; a computer certificate only for
+    its own computer (`computer_id`: the computer the call is about; None: the whole proxy)."""
+    if identity.owns(computer_id):
         return
+    if identity.kind == "computer":
+        target = f"computer {computer_id}" if computer_id else "the whole proxy"
+        raise Forbidden(f"{what}: the certificate of {identity} cannot act for {target}")
     if identity.kind == "anonymous":
         raise Forbidden(
             f"{what} needs a credential: this proxy runs with access = credentials; use the "
@@ -97,8 +119,9 @@ def require_node(identity: Identity, what: str) -> None:
 
 
 def require_partition(identity: Identity, computer_id: str | None, partition_id: str | None, what: str) -> None:
-    """The node may act for every partition, a partition credential only for its own partition."""
-    if identity.trusted:
+    """The node may act for every partition (a computer certificate for those of its computer),
+    a partition credential only for its own partition."""
+    if identity.owns(computer_id):
         return
     if identity.kind == "anonymous":
         raise Forbidden(
@@ -126,7 +149,7 @@ def require_tree(
     """Reading: the node reads everything; a partition credential reads its own partition and
     the other partitions of its instance tree (a parent reads what its children published, as
     the SLAP client does after a request), nothing else."""
-    if identity.trusted or (computer_id, partition_id) == (identity.computer_id, identity.partition_id):
+    if identity.owns(computer_id) or (computer_id, partition_id) == (identity.computer_id, identity.partition_id):
         return
     if identity.kind != "partition":
         require_partition(identity, computer_id, partition_id, what)  # refuses, with the anonymous' message
@@ -156,7 +179,10 @@ class Access:
 
     def resolve(self, environ: dict) -> Identity:
         path = environ.get("PATH_INFO") or "/"
+        tls = "slapnode.tls" in environ
         if not path.startswith(PREFIX):
+            if tls:
+                return self._certificate(environ)
             return ANONYMOUS if self.credentials else OPEN
         credential, _, rest = path[len(PREFIX):].partition("/")
         # the endpoint is what follows the credential (which so stays out of the endpoint logged)
@@ -164,11 +190,38 @@ class Access:
         environ[BASE_KEY] = PREFIX + credential
         if not _CREDENTIAL.match(credential):
             raise Forbidden("malformed credential in the URL: use the master_url you were given")
+        if tls and environ.get(PEER_SERIAL_KEY):  # the certificate wins over a URL credential
+            return self._certificate(environ)
         if self.node_credential and hmac.compare_digest(credential, self.node_credential):
             return NODE
         identity = self._partition(credential_hash(credential))
         if identity is None:
             raise Forbidden("unknown or revoked credential: the partition it belonged to was freed, or it never existed")
+        return identity
+
+    def _certificate(self, environ: dict) -> Identity:
+        """The identity of the verified client certificate (TLS), looked up on every call."""
+        serial = environ.get(PEER_SERIAL_KEY)
+        if not serial:
+            return ANONYMOUS
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT c.kind, c.computer_reference, c.partition_reference, c.credential_hash, p.credential_hash "
+                "FROM certificate c LEFT JOIN partition p ON p.computer_reference = c.computer_reference "
+                "AND p.reference = c.partition_reference AND p.slap_state = 'busy' "
+                "WHERE c.serial = ? AND c.revoked IS NULL AND c.expires > ?", (serial, time.time()),
+            ).fetchone()
+        if row is None:
+            raise Forbidden(f"certificate {serial} is revoked, expired or unknown to this proxy")
+        kind, computer_id, partition_id, issued_for, current = row
+        if kind == "computer":
+            identity = Identity("computer", computer_id)
+        elif kind == "partition" and issued_for is not None and issued_for == current:
+            identity = Identity("partition", computer_id, partition_id)
+        else:  # a partition certificate of a partition since freed (its credential changed)
+            raise Forbidden(f"certificate {serial} belonged to partition {partition_id} of {computer_id}, since freed")
+        # who calls, for the user API's owner records (identity.caller): the certificate, never the socket
+        environ["slapos.identity"] = f"cert:{computer_id}" + (f"/{partition_id}" if kind == "partition" else "")
         return identity
 
     def _partition(self, digest: str) -> Identity | None:

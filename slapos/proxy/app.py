@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 
 from slapos.slap import wire
 
-from . import access, allocation, computers, documents, identity, ownership
+from . import access, allocation, ca, computers, documents, identity, join, ownership
 from .access import ANONYMOUS, OPEN, Identity, require_node, require_partition
 from .cache import CacheServer
 from .config import ProxyConfig
@@ -48,8 +48,8 @@ EMPTY_STRING = b"<marshal><string></string></marshal>"
 # Endpoints of the SLAP protocol this proxy does not serve, as the reference (404, §2.1–2.2).
 NOT_SERVED = {
     "getComputerStatus": "computer status is not kept by this proxy",
-    "generateComputerCertificate": "this proxy issues no certificates",
-    "revokeComputerCertificate": "this proxy issues no certificates",
+    "generateComputerCertificate": "certificates come from the token exchange (slapos node register)",
+    "revokeComputerCertificate": "revoke with slapos proxy revoke on the proxy's machine",
     "requestComputer": "computers register themselves with slapos node format",
     "getHostingSubscriptionIpList": "this proxy does not compute firewall address lists",
     "updateComputerPartitionRelatedInstanceList": "this proxy does not track related instance lists",
@@ -84,6 +84,9 @@ class ProxyApp:
         # read-only user API (service/computer commands), answering for the caller's own records
         with self.db.write(documents=False) as conn:
             ownership.ensure_tables(conn)
+            ca.ensure_table(conn)
+        # the proxy's certificate authority: computer certificates for tokens (docs/join.md)
+        self.ca = ca.CertificateAuthority(config.ca_directory or config.database.parent / "ca").load_or_create()
         from .hateoas import HateoasApp
 
         self.mount("/hateoas", HateoasApp(self.db))
@@ -113,6 +116,8 @@ class ProxyApp:
             "softwareInstanceError": (post, self.instance_error),
             "softwareInstanceBang": (post, self.instance_bang),
             "softwareInstanceRename": (post, self.instance_rename),
+            # the web side of a master: a one-time token for a computer certificate (node register)
+            "Person_requestComputer": (post, self.request_computer),
             # proxy only
             "getRunId": (get, lambda req: text(self.run_id)),
             "getHateoasUrl": (get, self.hateoas_url),
@@ -229,12 +234,15 @@ class ProxyApp:
         host = env.get("HTTP_HOST") or f"{env.get('SERVER_NAME', 'localhost')}:{env.get('SERVER_PORT', '')}"
         return text(f"{env.get('wsgi.url_scheme', 'http')}://{host}/hateoas/")
 
+    def request_computer(self, req: Request) -> Response:
+        return join.request_computer(self.db, self.ca, req)
+
     def node_status_report(self, req: Request) -> Response:
         """A node's partition status after its run (`slapos node instance` posts it; optional)."""
         from .nodestatus import store_report
 
         computer_id, document = req.reference("computer_id"), req.field("status_json")
-        require_node(req.identity, req.endpoint)
+        require_node(req.identity, req.endpoint, computer_id)
         with self.db.write(documents=False) as conn:
             try:
                 count = store_report(conn, computer_id, document, self.config.computer_id)
@@ -244,7 +252,7 @@ class ProxyApp:
 
     def get_full_computer_information(self, req: Request) -> Response:
         computer_id = req.reference("computer_id")
-        require_node(req.identity, req.endpoint)  # every partition's parameters and connection
+        require_node(req.identity, req.endpoint, computer_id)  # every partition's parameters and connection
         credentials = self.access.credentials
 
         def build() -> wire.WireObject:
@@ -255,8 +263,10 @@ class ProxyApp:
         return xml(self.cache.get(("computer", computer_id, credentials), build))
 
     def load_computer_configuration(self, req: Request) -> Response:
-        require_node(req.identity, req.endpoint)
+        require_node(req.identity, req.endpoint, req.identity.computer_id)
         computer = req.marshalled("xml", required=True)
+        if isinstance(computer, dict):
+            require_node(req.identity, req.endpoint, str(computer.get("reference")))
         with self.db.write() as conn:
             answer = computers.load_configuration(conn, computer)
             ownership.record(conn, "computer", computer["reference"], identity.caller(req.environ))
@@ -264,14 +274,14 @@ class ProxyApp:
 
     def supply(self, req: Request) -> Response:
         url, computer_id, state = req.reference("url"), req.reference("computer_id"), req.field("state")
-        require_node(req.identity, "supplying software")
+        require_node(req.identity, "supplying software", computer_id)
         with self.db.write() as conn:
             return text(computers.supply(conn, url, computer_id, state, self.config.computer_id))
 
     def software_report(self, state: str) -> Callable[[Request], Response]:
         def handler(req: Request) -> Response:
             url, computer_id = req.reference("url"), req.reference("computer_id")
-            require_node(req.identity, req.endpoint)
+            require_node(req.identity, req.endpoint, computer_id)
             error_log = req.field("error_log") if state == "error" else None
             with self.db.write(documents=state == "destroyed") as conn:
                 return text(computers.report_software(conn, url, computer_id, state, error_log))
@@ -280,13 +290,13 @@ class ProxyApp:
 
     def use_computer(self, req: Request) -> Response:
         computer_id, use_string = req.reference("computer_id"), req.field("use_string")
-        require_node(req.identity, req.endpoint)
+        require_node(req.identity, req.endpoint, computer_id)
         with self.db.write(documents=False) as conn:
             return text(computers.use_computer(conn, computer_id, use_string, self.config.computer_id))
 
     def computer_bang(self, req: Request) -> Response:
         computer_id, message = req.reference("computer_id"), req.field("message")
-        require_node(req.identity, req.endpoint)
+        require_node(req.identity, req.endpoint, computer_id)
         with self.db.write() as conn:
             computers.computer_bang(conn, computer_id, message, self.config.computer_id)
         return xml(EMPTY_STRING)
@@ -306,7 +316,7 @@ class ProxyApp:
         computer_id = req.reference("computer_reference")
         partition_id = req.reference("computer_partition_reference")
         identity = req.identity
-        if not identity.trusted and (computer_id, partition_id) != (identity.computer_id, identity.partition_id):
+        if not identity.owns(computer_id) and (computer_id, partition_id) != (identity.computer_id, identity.partition_id):
             with self.db.read() as conn:  # (the node and a partition reading itself need no look-up)
                 access.require_tree(conn, identity, computer_id, partition_id, req.endpoint)
 
@@ -319,9 +329,11 @@ class ProxyApp:
     def partition_certificate(self, req: Request) -> Response:
         computer_id, partition_id = req.reference("computer_id"), req.reference("computer_partition_id")
         require_partition(req.identity, computer_id, partition_id, req.endpoint)
-        with self.db.read() as conn:
-            allocation.any_partition(conn, computer_id, partition_id)
-        return xml(CERTIFICATE)
+        if not self.config.tls:  # no client certificates on a plain HTTP proxy (credentials instead)
+            with self.db.read() as conn:
+                allocation.any_partition(conn, computer_id, partition_id)
+            return xml(CERTIFICATE)
+        return xml(wire.dumps(join.partition_certificate(self.db, self.ca, computer_id, partition_id)))
 
     def request_computer_partition(self, req: Request) -> Response:
         software_release = req.reference("software_release")
@@ -365,6 +377,10 @@ class ProxyApp:
             header = (req.fields.get("computer_id", self.config.computer_id), req.field("computer_partition_id"))
         if identity.trusted:
             return header
+        if identity.kind == "computer":  # the node of a computer: for its own partitions, or as a person
+            if header is not None:
+                require_partition(identity, header[0], header[1], "requesting an instance")
+            return header
         if identity.kind != "partition":
             require_partition(identity, None, None, "requesting an instance")
         own = (identity.computer_id, identity.partition_id)
@@ -399,7 +415,7 @@ class ProxyApp:
     def destroyed_partition(self, req: Request) -> Response:
         computer_id, partition_id = req.reference("computer_id"), req.reference("computer_partition_id")
         # freeing a partition is the node's word, after it cleaned it: never a tenant's
-        require_node(req.identity, req.endpoint)
+        require_node(req.identity, req.endpoint, computer_id)
         with self.db.write() as conn:
             return text(allocation.destroyed(conn, computer_id, partition_id))
 

@@ -46,6 +46,11 @@ class ProxyConfig:
     # node credential of [slapos] master_url, partition credentials; docs/security-proxy.md)
     access: str = OPEN_MODE
     node_credential: str | None = None
+    # the proxy's certificate authority (docs/join.md); default: ca/ beside the database
+    ca_directory: Path | None = None
+    # mutual TLS with the CA's certificates (docs/join.md); extra names of the server certificate
+    tls: bool = False
+    tls_server_names: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: Config, **overrides) -> ProxyConfig:
@@ -77,6 +82,9 @@ class ProxyConfig:
             shacache_max_entry_size=_size(cfg, "shacache_max_entry_size", DEFAULT_MAX_CACHE_ENTRY),
             shacache_quota=_size(cfg, "shacache_quota", DEFAULT_MAX_CACHE_TOTAL),
             access=cfg.get(s, "access", OPEN_MODE).strip().lower(),
+            ca_directory=cfg.get_path(s, "ca_directory", None),
+            tls=cfg.get_bool(s, "tls", False),
+            tls_server_names=tuple(cfg.get(s, "tls_server_names", "").split()),
         )
         for key, value in overrides.items():
             if value is not None:

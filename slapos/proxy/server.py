@@ -18,12 +18,17 @@ from .config import ProxyConfig, is_loopback
 
 log = logging.getLogger("slapos.proxy")
 
-def url_of(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+def url_of(host: str, port: int, tls: bool = False) -> str:
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
 
 
 def check_listen_address(config: ProxyConfig) -> None:
     if is_loopback(config.host):
+        return
+    if config.tls:  # callers are authenticated by their certificates (docs/join.md)
+        log.info("listening on %s with mutual TLS: nodes authenticate with certificates of the proxy's CA",
+                 config.host)
         return
     if config.access == "credentials":
         exposure = ("every call needs a credential, but plain HTTP carries it in clear text: anyone on the "
@@ -95,6 +100,10 @@ def create_server(config: ProxyConfig, app: ProxyApp | None = None):
     check_listen_address(config)
     app = app or make_app(config)
     try:
+        if config.tls:
+            from . import tls
+
+            return tls.create(app, config.host, config.port, app.ca, config.tls_server_names), app
         server = _waitress_server(app, config)
     except OSError as e:
         app.close()
@@ -108,7 +117,7 @@ def create_server(config: ProxyConfig, app: ProxyApp | None = None):
 def serve(config: ProxyConfig, on_ready: Callable[[str], None] | None = None) -> int:
     """Serve until SIGTERM/SIGINT; return the exit code."""
     server, app = create_server(config)
-    url = url_of(config.host, server.effective_port)
+    url = url_of(config.host, server.effective_port, config.tls)
 
     def stop(signum, frame):  # waitress' loop ends on SystemExit and shuts its threads down
         raise SystemExit(0)
@@ -119,12 +128,20 @@ def serve(config: ProxyConfig, on_ready: Callable[[str], None] | None = None) ->
             "slapproxy listening on %s (database %s, computer %s, %d threads, access %s)",
             url, config.database, config.computer_id, config.threads, config.access,
         )
+        if config.tls:
+            log.info("TLS: nodes verify this proxy with %s", app.ca.cert_path)
         if on_ready is not None:
             on_ready(url)
-        server.run()
+        if config.tls:
+            server.serve_forever(poll_interval=0.5)
+        else:
+            server.run()
     finally:
         signal.signal(signal.SIGTERM, previous)
-        server.close()
+        if config.tls:
+            server.server_close()
+        else:
+            server.close()
         app.close()
         log.info("slapproxy on %s stopped", url)
     return 0

@@ -19,7 +19,8 @@ class Config:
 
         connection = slap()
         connection.initializeConnection(options["url"], key_file=options.get("key") or None,
-                                        cert_file=options.get("cert") or None)
+                                        cert_file=options.get("cert") or None,
+                                        master_ca_file=options.get("master-ca") or None)
         partition = connection.registerComputerPartition(options["computer"], options["partition"])
         for key, value in partition.getInstanceParameterDict().items():
             if isinstance(value, str):

@@ -1,0 +1,75 @@
+"""Joining a TLS proxy (docs/join.md): the token exchange of `slapos node register`
+(`Person_requestComputer`) and the partitions' certificates (`getComputerPartitionCertificate`).
+The certificate authority itself is `ca.py`; turning a certificate into an identity, `access.py`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from . import allocation, ca, ownership
+from .db import Database
+from .errors import BadRequest, Conflict, Forbidden
+from .wsgi import Request, Response
+
+log = logging.getLogger("slapos.proxy")
+
+
+def request_computer(db: Database, authority: ca.CertificateAuthority, req: Request) -> Response:
+    """`slapos node register`: the token of `X-Access-Token` for a certificate of computer
+    `title` (JSON `certificate`, `key`). The token is spent only when a certificate is issued."""
+
+    token = req.environ.get("HTTP_X_ACCESS_TOKEN", "").strip()
+    title = req.reference("title")
+    if not token:
+        raise Forbidden("no token: send the one-time token of `slapos computer token` in X-Access-Token")
+    if not ca.COMPUTER_ID.match(title):
+        raise BadRequest("computer name: letters, digits, '.', '_', '-' and '@' only (at most 128)")
+    with db.write(documents=False) as conn:
+        try:
+            grant = ownership.consume_token(conn, token)
+        except ownership.TokenRefused as e:
+            raise Forbidden(f"token refused: {e}") from None
+        if grant.computer_reference not in (None, title):
+            raise Forbidden(f"token refused: it is for computer {grant.computer_reference}, not {title}")
+        active = ca.active_computer_certificate(conn, title)
+        if active is not None:
+            raise Conflict(f"Certificate still active. computer {title} has certificate {active}: revoke it "
+                           "(slapos proxy revoke) to replace that node, or choose another name")
+        owner = ownership.owner_of(conn, "computer", title)
+        if owner is not None and owner != grant.identity:
+            raise Forbidden(f"token refused: computer {title} belongs to someone else")
+        # signed only for a good token (an anonymous caller must not make the proxy sign for nothing)
+        issued = authority.issue(title, "computer")
+        ownership.record(conn, "computer", title, grant.identity)
+        ca.record(conn, issued, "computer", title)
+    log.info("issued computer certificate %s for %s (token of %s)", issued.serial, title, grant.identity)
+    body = json.dumps({"certificate": issued.certificate, "key": issued.key}).encode("utf-8")
+    return Response(body, content_type="application/json", headers=(("Cache-Control", "no-store"),))
+
+
+def partition_certificate(db: Database, authority: ca.CertificateAuthority, computer_id: str, partition_id: str) -> dict:
+    """The partition's certificate (TLS proxy): issued once per allocation of the partition
+    (bound to its credential, which changes when it is freed and allocated again), kept in
+    the database so the periodic `getCertificate` of the node costs a look-up."""
+    with db.read() as conn:
+        allocation.any_partition(conn, computer_id, partition_id)
+        row = conn.execute(
+            "SELECT c.certificate_pem, c.key_pem FROM certificate c JOIN partition p "
+            "ON p.computer_reference = c.computer_reference AND p.reference = c.partition_reference "
+            "WHERE c.kind = 'partition' AND c.computer_reference = ? AND c.partition_reference = ? "
+            "AND c.revoked IS NULL AND c.expires > ? AND c.credential_hash = p.credential_hash "
+            "AND p.slap_state = 'busy'", (computer_id, partition_id, time.time())).fetchone()
+    if row is not None:
+        return {"certificate": row[0], "key": row[1]}
+    issued = authority.issue(f"{computer_id}/{partition_id}", "partition")
+    with db.write(documents=False) as conn:
+        current = conn.execute("SELECT credential_hash FROM partition WHERE computer_reference = ? AND "
+                               "reference = ? AND slap_state = 'busy'", (computer_id, partition_id)).fetchone()
+        if current is None or current[0] is None:  # a free partition gets no certificate
+            return {"certificate": "", "key": ""}
+        ca.revoke_partition(conn, computer_id, partition_id)
+        ca.record(conn, issued, "partition", computer_id, partition_id, credential_hash=current[0],
+                  pem=(issued.certificate, issued.key))
+    return {"certificate": issued.certificate, "key": issued.key}
