@@ -355,10 +355,11 @@ class ProxyApp:
         request = allocation.InstanceRequest(
             software_release, software_type, title, parameters, filter_kw, state, self.config.computer_id
         )
-        owner = None if header else identity.caller(req.environ)  # a person's request: who they are
         with self.db.write() as conn:
-            if owner:
-                ownership.record(conn, "instance", title, owner)
+            # a person's first request of a tree makes them its owner: who they are is asked from
+            # the kernel (~50 µs) only then, not on every update of the tree (the periodic path)
+            if not header and ownership.owner_of(conn, "instance", title) is None:
+                ownership.record(conn, "instance", title, identity.caller(req.environ))
             requester = allocation.identify(conn, *header) if header else allocation.Requester()
             if shared:
                 slave, host = allocation.request_shared(conn, requester, request)
