@@ -9,7 +9,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2] / "slapos"
 LIMIT = 500
 DEBT = {
-    "grid/software.py",  # the grid's cut (issue 17)
     "slap/wire.py", "slap/objects.py", "format/system.py", "format/formatter.py", "proxy/allocation.py",
 }
 
