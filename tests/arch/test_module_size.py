@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2] / "slapos"
 LIMIT = 500
 DEBT = {
-    "slap/objects.py", "format/system.py", "format/formatter.py", "proxy/allocation.py",
+    "format/system.py", "format/formatter.py", "proxy/allocation.py",
 }
 
 
