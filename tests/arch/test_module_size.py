@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2] / "slapos"
 LIMIT = 500
 DEBT = {
-    "format/formatter.py", "proxy/allocation.py",
+    "format/formatter.py",
 }
 
 
