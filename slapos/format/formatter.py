@@ -11,6 +11,10 @@
    taps); if an action fails, what this run did is undone.
 5. *Save* the definition (history of earlier versions in a zip) and each `.slapos-resource`.
 6. *Report* the computer dictionary to the master (exit 2 when it cannot be told).
+
+Kept whole: it is one run, the six steps above in that order, each a method of `Formatter` over
+the run's shared state (options, what the interfaces and user database hold, the plan); the
+resources, the model, addressing and the definition file already live in their own modules.
 """
 from __future__ import annotations
 

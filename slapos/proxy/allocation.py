@@ -12,6 +12,9 @@ Vocabulary (SLAP-PROTOCOL.md §4.3–4.8):
   so that two trees can never name the same one);
 * the partition `timestamp` is the only change signal a node sees: every change that matters to
   a partition bumps it (strictly increasing, even if the clock goes back).
+
+A partition's row and its change signal are in partition_rows, what nodes report on their
+partitions in partition_reports (their names stay importable from here).
 """
 from __future__ import annotations
 
@@ -21,14 +24,21 @@ import time
 from dataclasses import dataclass
 
 from . import access
-from .errors import BadRequest, Conflict, Forbidden, NotFound
+from .errors import BadRequest, Conflict, NotFound
+from .partition_reports import destroyed, free_partition, report_error, report_partition  # noqa: F401 - our API
+from .partition_rows import (  # noqa: F401 - these names are part of our API
+    MAX_ERROR_LOG,
+    STATES,
+    USER,
+    any_partition,
+    bump_partition,
+    bump_sql,
+    busy_partition,
+    check_state,
+)
 from .values import dump_params
 
 log = logging.getLogger("slapos.proxy")
-
-STATES = ("started", "stopped", "destroyed")
-USER = "user"
-MAX_ERROR_LOG = 256 * 1024  # keep the end of huge build logs, where the error is
 
 
 @dataclass(frozen=True)
@@ -70,42 +80,6 @@ def _slave_row(conn: sqlite3.Connection, requested_by: str, title: str) -> sqlit
     return conn.execute(
         "SELECT * FROM slave WHERE requested_by = ? AND title = ?", (requested_by, title)
     ).fetchone()
-
-
-def check_state(state: str | None, what: str = "state") -> str | None:
-    if state is None or state in STATES:
-        return state
-    raise BadRequest(f"invalid {what} {state!r}: use started, stopped or destroyed")
-
-
-def bump_sql(where: str) -> str:
-    # strictly greater than the stored value, even if the wall clock went backwards
-    return f"UPDATE partition SET timestamp = max(?, coalesce(timestamp, 0) + 0.000001) WHERE {where}"
-
-
-def bump_partition(conn: sqlite3.Connection, computer_id: str | None, partition_id: str | None) -> None:
-    if not computer_id or not partition_id or partition_id == USER:
-        return
-    conn.execute(
-        bump_sql("computer_reference = ? AND reference = ? AND slap_state = 'busy'"),
-        (time.time(), computer_id, partition_id),
-    )
-
-
-def busy_partition(conn: sqlite3.Connection, computer_id: str, partition_id: str) -> sqlite3.Row:
-    row = any_partition(conn, computer_id, partition_id)
-    if row["slap_state"] != "busy":
-        raise NotFound(f"partition {partition_id!r} on computer {computer_id!r} holds no instance (it is free)")
-    return row
-
-
-def any_partition(conn: sqlite3.Connection, computer_id: str, partition_id: str) -> sqlite3.Row:
-    row = conn.execute(
-        "SELECT * FROM partition WHERE computer_reference = ? AND reference = ?", (computer_id, partition_id)
-    ).fetchone()
-    if row is None:
-        raise NotFound(f"unknown partition {partition_id!r} on computer {computer_id!r}")
-    return row
 
 
 def identify(conn: sqlite3.Connection, computer_id: str | None, partition_id: str | None) -> Requester:
@@ -451,84 +425,3 @@ def rename(conn: sqlite3.Connection, computer_id: str, partition_id: str, new_na
             )
             if slave["hosted_by"] and slave["requested_state"] != "destroyed":
                 bump_partition(conn, slave["computer_reference"], slave["hosted_by"])
-
-
-# -- node reports on partitions ---------------------------------------------------------------------
-def report_partition(conn: sqlite3.Connection, computer_id: str, partition_id: str, state: str) -> None:
-    any_partition(conn, computer_id, partition_id)
-    conn.execute(
-        "UPDATE partition SET reported_state = ?, reported_at = ? WHERE computer_reference = ? AND reference = ?",
-        (state, time.time(), computer_id, partition_id),
-    )
-
-
-def report_error(
-    conn: sqlite3.Connection, computer_id: str, partition_id: str, error_log: str, slave_reference: str | None
-) -> None:
-    any_partition(conn, computer_id, partition_id)
-    text = error_log[-MAX_ERROR_LOG:]
-    if slave_reference is None:
-        conn.execute(
-            "UPDATE partition SET error_log = ?, error_at = ? WHERE computer_reference = ? AND reference = ?",
-            (text, time.time(), computer_id, partition_id),
-        )
-        return
-    slave = conn.execute(
-        "SELECT computer_reference, hosted_by FROM slave WHERE reference = ?", (slave_reference,)
-    ).fetchone()
-    if slave is None:
-        raise NotFound(f"unknown shared instance {slave_reference!r}")
-    if (slave["computer_reference"], slave["hosted_by"]) != (computer_id, partition_id):
-        # only its host reports on a shared instance: another partition must not blame it
-        raise Forbidden(f"shared instance {slave_reference!r} is not hosted by {partition_id!r} on {computer_id!r}")
-    conn.execute("UPDATE slave SET error_log = ?, error_at = ? WHERE reference = ?", (text, time.time(), slave_reference))
-
-
-def destroyed(conn: sqlite3.Connection, computer_id: str, partition_id: str) -> str:
-    """The node destroyed the partition: free it, unless instances it requested still exist."""
-    row = any_partition(conn, computer_id, partition_id)
-    now = time.time()
-    if row["slap_state"] != "busy":
-        conn.execute(
-            "UPDATE partition SET reported_state = 'destroyed', reported_at = ? "
-            "WHERE computer_reference = ? AND reference = ?",
-            (now, computer_id, partition_id),
-        )
-        return "OK"
-    is_root = not row["requested_by"]
-    children = conn.execute(
-        "SELECT computer_reference, reference, title, requested_state FROM partition WHERE slap_state = 'busy' "
-        "AND NOT (computer_reference = ? AND reference = ?) "
-        "AND ((requester_computer = ? AND requester_id = ?) OR (? AND requested_by = ?)) ORDER BY rowid",
-        (computer_id, partition_id, computer_id, partition_id, is_root, row["title"]),
-    ).fetchall()
-    if children:
-        for child in children:
-            if child["requested_state"] != "destroyed":
-                conn.execute(
-                    "UPDATE partition SET requested_state = 'destroyed', "
-                    "timestamp = max(?, coalesce(timestamp, 0) + 0.000001) "
-                    "WHERE computer_reference = ? AND reference = ?",
-                    (now, child["computer_reference"], child["reference"]),
-                )
-        names = ", ".join(child["title"] for child in children)
-        return f"Not destroying yet because this partition has child partitions: {names}"
-    free_partition(conn, computer_id, partition_id, now)
-    log.info("partition %s on %s destroyed and freed (was %r)", partition_id, computer_id, row["title"])
-    return "OK"
-
-
-def free_partition(conn: sqlite3.Connection, computer_id: str, partition_id: str, now: float) -> None:
-    conn.execute(
-        """UPDATE partition SET slap_state = 'free', requested_state = 'started', software_release = NULL,
-           software_type = NULL, title = NULL, requested_by = NULL, requester_id = NULL,
-           requester_computer = NULL, parameters = NULL, connection = NULL,
-           reported_state = 'destroyed', reported_at = ?, error_log = NULL, error_at = NULL,
-           credential = NULL, credential_hash = NULL
-           WHERE computer_reference = ? AND reference = ?""",
-        (now, computer_id, partition_id),
-    )
-    # its shared instances wait for a new host (they are kept, as the reference keeps them)
-    conn.execute(
-        "UPDATE slave SET hosted_by = NULL WHERE computer_reference = ? AND hosted_by = ?", (computer_id, partition_id)
-    )

@@ -5,6 +5,11 @@ software release recipes and tools written for slapos.core work unchanged. What 
 how objects come off the wire: `wire.loads` hands us `WireObject` records and `_from_wire` builds
 our own classes from a fixed table, keeping only the known attributes after checking their types.
 Nothing named in a payload is imported, and constructors have no side effects.
+
+Kept whole: one closed object model. The classes refer to each other (a partition decodes
+releases and instances, a computer its partitions, `slap` all of them) and `_FACTORIES`, the fixed
+table of what may come off the wire, must see every class: split, it would need a registry
+filled at import time, which loosens the one guarantee this module is about.
 """
 from __future__ import annotations
 
