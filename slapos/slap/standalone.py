@@ -16,9 +16,10 @@ format|software|instance|report`, `slapos node supervisorctl shutdown`) against 
     ...
     standalone.stop()
 
-Limits (each raises `NotImplementedError` rather than doing something else):
-`partition_forward_configuration` (requests forwarded to another master), `instance_only`,
-`public_directory_path`, `shared_part_root`, `system_supervisor_rpc`. Partitions share this
+Limits (each raises `NotImplementedError` at once, naming what to do, rather than doing something
+else): `partition_forward_configuration` (requests forwarded to another master), `instance_only`,
+`public_directory_path`, `system_supervisor_rpc`. `shared_part_root` is, as in the reference, the
+last (writable) entry of the shared part list, and `shared_directory` names it. Partitions share this
 machine's loopback addresses: `format()`'s addresses are not assigned to partitions. When root runs
 it, the software and partitions are given to `owner` (default `nobody`): builds and services never
 run as root.
@@ -57,7 +58,10 @@ class SlapOSNodeReportError(SlapOSNodeCommandError):
 
 
 def _unsupported(what: str) -> NotImplementedError:
-    return NotImplementedError(f"StandaloneSlapOS of slapnode does not support {what}")
+    return NotImplementedError(
+        f"StandaloneSlapOS of slapnode does not support {what}: drop it, or run this suite with the "
+        "reference's StandaloneSlapOS (slapos.core in the release's own eggs); see docs/community.md"
+    )
 
 
 class StandaloneSlapOS:
@@ -73,12 +77,13 @@ class StandaloneSlapOS:
             raise _unsupported("instance_only")
         if public_directory_path:
             raise _unsupported("public_directory_path")
-        if shared_part_root:
-            raise _unsupported("shared_part_root (give shared_part_list instead)")
         self._base = Path(base_directory).absolute()
         self._server_ip, self._server_port = str(server_ip), int(server_port)
         self._computer_id = computer_id
         self._shared_part_list = [str(p) for p in shared_part_list]
+        self._shared_part_root = Path(shared_part_root).absolute() if shared_part_root else None
+        if self._shared_part_root is not None:  # buildout installs new shared parts in the list's last entry
+            self._shared_part_list.append(str(self._shared_part_root))
         self._software_root = Path(software_root or self._base / "soft").absolute()
         self._instance_root = Path(instance_root or self._base / "inst").absolute()
         self._local_root = str(local_software_release_root)
@@ -91,6 +96,8 @@ class StandaloneSlapOS:
         self._base.mkdir(parents=True, exist_ok=True)
         for name in ("var", "log"):
             (self._base / name).mkdir(exist_ok=True)
+        if self._shared_part_root is not None:
+            self._shared_part_root.mkdir(parents=True, exist_ok=True)
         self._config = self._base / "slapos.cfg"
         self._write_config()
 
@@ -110,7 +117,10 @@ class StandaloneSlapOS:
 
     @property
     def shared_directory(self) -> str:
-        raise _unsupported("a shared part directory of its own (shared_part_list is passed through)")
+        """Where new shared parts are installed: the last entry of the shared part list."""
+        if not self._shared_part_list:
+            raise ValueError("this StandaloneSlapOS has no shared part directory: give shared_part_root")
+        return self._shared_part_list[-1]
 
     @property
     def instance_directory(self) -> str:
@@ -118,7 +128,8 @@ class StandaloneSlapOS:
 
     @property
     def system_supervisor_rpc(self):
-        raise _unsupported("system_supervisor_rpc (use `slapos node supervisorctl`)")
+        raise _unsupported("system_supervisor_rpc (`slapos node supervisorctl --cfg <base>/slapos.cfg` "
+                           "drives the node's supervisord)")
 
     def _write_config(self) -> None:
         var, log = self._base / "var", self._base / "log"
@@ -211,7 +222,7 @@ class StandaloneSlapOS:
         self._software_root.mkdir(parents=True, exist_ok=True)
         for path in (self._base, self._software_root.parent, self._instance_root.parent):
             path.chmod(path.stat().st_mode | 0o711)
-        paths = [self._software_root]
+        paths = [self._software_root, *([self._shared_part_root] if self._shared_part_root else [])]
         if self._instance_root.is_dir():
             paths += [p for p in self._instance_root.iterdir() if p.name.startswith(self._partition_base_name)]
         for path in paths:

@@ -217,3 +217,26 @@ def test_a_plugin_cannot_swallow_its_timeout(tmp_path):
     line = [x for x in out.stdout.splitlines() if x.startswith(promise_plugin.RESULT_MARKER)][-1]
     result = json.loads(line[len(promise_plugin.RESULT_MARKER):])
     assert result["failed"] is True and result["message"] == "Error: Promise timed out after 0.5 seconds"
+
+
+def test_standalone_shared_part_root_and_its_clear_limits(tmp_path):
+    """shared_part_root is the last (writable) entry of the shared part list, as in the reference;
+    what is not supported fails at once with one line saying what to do."""
+    import pytest
+
+    from slapos.slap.standalone import StandaloneSlapOS
+
+    root = tmp_path / "shared"
+    node = StandaloneSlapOS(tmp_path / "sa", "127.0.0.1", 4999, shared_part_list=[tmp_path / "ro"],
+                            shared_part_root=root)
+    assert root.is_dir() and node.shared_directory == str(root)
+    config = (tmp_path / "sa" / "slapos.cfg").read_text()
+    assert config.index(str(tmp_path / "ro")) < config.index(str(root))
+    with pytest.raises(ValueError, match="give shared_part_root"):
+        StandaloneSlapOS(tmp_path / "sb", "127.0.0.1", 4999).shared_directory  # noqa: B018
+    for kwargs in ({"instance_only": True}, {"public_directory_path": str(tmp_path)},
+                   {"partition_forward_configuration": ({"master-url": "http://x/"},)}):
+        with pytest.raises(NotImplementedError, match="does not support .*: drop it, or run this suite"):
+            StandaloneSlapOS(tmp_path / "sc", "127.0.0.1", 4999, **kwargs)
+    with pytest.raises(NotImplementedError, match="slapos node supervisorctl"):
+        node.system_supervisor_rpc  # noqa: B018
