@@ -92,6 +92,18 @@ def write_metrics(settings, kind: str, families: list[Family]) -> Path | None:
     return path
 
 
+def _fresh_partitions(directory: Path) -> str | None:
+    """The partitions' metrics of the last full observation, unless older than FULL_REFRESH or
+    missing (then the caller observes again). The directory is root's, not a tenant's."""
+    cache = directory / PARTITIONS_CACHE
+    try:
+        if time.time() - cache.stat().st_mtime >= FULL_REFRESH:
+            return None
+        return cache.read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
 # -- after each run (one call from each command) ------------------------------------------------
 def after_instance_run(settings, seconds: float, exit_code: int, changed: bool = True) -> None:
     """`changed`: the run processed or checked a partition (else nothing a status shows moved)."""
@@ -99,13 +111,10 @@ def after_instance_run(settings, seconds: float, exit_code: int, changed: bool =
         directory = metrics_directory(settings)
         run = render(_run_families("instance", seconds, exit_code))
         if not changed and directory is not None:
-            cache = directory / PARTITIONS_CACHE
-            try:
-                if time.time() - cache.stat().st_mtime < FULL_REFRESH:
-                    write_atomic(directory / f"{FILE_PREFIX}instance.prom", run + cache.read_text(encoding="utf-8"))
-                    return
-            except OSError:
-                pass  # no cache yet: the full observation below
+            cached = _fresh_partitions(directory)
+            if cached is not None:  # nothing moved: the run's figures + the partitions' as last observed
+                write_atomic(directory / f"{FILE_PREFIX}instance.prom", run + cached)
+                return
         from .status import all_statuses, status_document
 
         statuses = all_statuses(settings)
