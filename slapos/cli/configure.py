@@ -172,27 +172,13 @@ def client_arguments(parser: argparse.ArgumentParser) -> None:
 def fetch_certificate(master_url_web: str, token: str, timeout: float = 30.0) -> tuple[str, str]:
     """Ask the master's web site for the user's certificate and key (`Person_getCertificate`,
     authenticated by the `X-Access-Token` header); returns (certificate, key) as PEM text."""
-    import json
-
-    from slapos.base import http  # proxies, CAs, redirects: the one HTTP policy
+    from .token_exchange import exchange
 
     url = master_url_web.rstrip("/") + "/Person_getCertificate"
-    try:
-        answer = http.fetch(url, method="POST", data=b"", headers={"X-Access-Token": token}, timeout=timeout,
-                            max_bytes=1024 * 1024)
-    except http.PolicyError as e:
-        raise SlapOSError(f"{e}; check --master-url-web") from None
-    except (OSError, ValueError) as e:
-        raise SlapOSError(f"cannot reach {url}: {e}; check --master-url-web") from None
-    if answer.status != 200:
-        raise SlapOSError(f"{url} refused the token (HTTP {answer.status}): ask the master for a new one")
-    try:
-        data = json.loads(answer.body.decode("utf-8"))
-    except ValueError:
-        raise SlapOSError(f"{url} did not answer JSON: is --master-url-web the master's web site?") from None
-    if not isinstance(data, dict) or not data.get("certificate") or not data.get("key"):
-        raise SlapOSError(f"{url} answered without certificate and key: ask the master for a new token")
-    return str(data["certificate"]), str(data["key"])
+    return exchange(url, token, lambda status, said, body: (
+        f"{url} refused the token (HTTP {status}): ask the master for a new one"
+        + (f" (master: {said})" if said else "")),
+        timeout=timeout)
 
 
 def run_client(args: argparse.Namespace) -> int:

@@ -29,7 +29,6 @@ log = logging.getLogger("slapos")
 DEFAULT_CFG = "/etc/opt/slapos/slapos.cfg"
 DEFAULT_MASTER_URL = "https://slap.vifib.com"
 DEFAULT_MASTER_URL_WEB = "https://panel.rapid.space"
-MAX_ANSWER = 256 * 1024  # a certificate and a key: a few kilobytes
 # path prefixes of slapos.cfg.example, and the option each follows
 TEMPLATE_CONFIG_DIR = "/etc/opt/slapos"
 TEMPLATE_STATE_DIR = "/opt/slapos"
@@ -136,54 +135,18 @@ def make_plan(args: argparse.Namespace) -> Plan:
 def request_computer(master_url_web: str, name: str, token: str, ca_file: str | None = None,
                      timeout: float = 60.0) -> tuple[str, str]:
     """Exchange the token for the computer's (certificate, key), PEM text; one clear error otherwise."""
-    import json
-    from urllib.parse import urlencode
+    from .token_exchange import exchange
 
-    from slapos.base import http
+    def refusal(status: int, said: str, body: bytes) -> str:
+        if "Certificate still active" in body.decode("utf-8", "replace"):
+            return (f"the node name {name!r} is already in use at the master: choose another name, or revoke "
+                    f"its certificate to replace that node (master: {said})")
+        if status == 403:
+            return f"the master refused the token (HTTP 403: {said}): check it, or ask for a new one"
+        return f"{url} answered HTTP {status}: {said or 'no reason given'}"
 
     url = master_url_web.rstrip("/") + "/Person_requestComputer"
-    try:
-        answer = http.fetch(url, method="POST", data=urlencode({"title": name}).encode("utf-8"),
-                            headers={"X-Access-Token": token,
-                                     "Content-Type": "application/x-www-form-urlencoded"},
-                            timeout=timeout, ca_file=ca_file, max_bytes=MAX_ANSWER)
-    except http.PolicyError as e:
-        raise SlapOSError(f"{e}; check --master-url-web") from None
-    except ValueError as e:
-        raise SlapOSError(f"{url}: {e}") from None
-    except OSError as e:
-        raise SlapOSError(f"cannot reach {url}: {e}; check --master-url-web") from None
-    said = _first_line(answer.body)
-    if answer.status != 200 and "Certificate still active" in answer.body.decode("utf-8", "replace"):
-        raise SlapOSError(f"the node name {name!r} is already in use at the master: choose another name, or revoke "
-                          f"its certificate to replace that node (master: {said})")
-    if answer.status == 403:
-        raise SlapOSError(f"the master refused the token (HTTP 403: {said}): check it, or ask for a new one")
-    if answer.status != 200:
-        raise SlapOSError(f"{url} answered HTTP {answer.status}: {said or 'no reason given'}")
-    try:
-        data = json.loads(answer.body.decode("utf-8"))
-    except ValueError:
-        raise SlapOSError(f"{url} did not answer JSON: is --master-url-web the master's web URL?") from None
-    if not isinstance(data, dict) or not isinstance(data.get("certificate"), str) \
-            or not isinstance(data.get("key"), str):
-        raise SlapOSError(f"{url} answered without a certificate and a key")
-    return data["certificate"], data["key"]
-
-
-def _first_line(body: bytes) -> str:
-    import json
-
-    text = body.decode("utf-8", "replace").strip()
-    try:  # our proxy (and JSON APIs) answer {"error": ...}
-        data = json.loads(text)
-        if isinstance(data, dict) and isinstance(data.get("error"), str):
-            text = data["error"]
-    except ValueError:
-        pass
-    text = re.sub(r"<[^>]*>", " ", text)  # an HTML error page: its words
-    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
-    return line[:200]
+    return exchange(url, token, refusal, fields={"title": name}, timeout=timeout, ca_file=ca_file)
 
 
 def computer_id_of(certificate: str, key: str) -> str:
