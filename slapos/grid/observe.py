@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from slapos.base.errors import EXIT_OFFLINE
 from slapos.base.promtext import Family, render, write_atomic
 
 log = logging.getLogger("slapos.observe")
@@ -122,7 +123,8 @@ def after_instance_run(settings, seconds: float, exit_code: int, changed: bool =
         if directory is not None:
             write_atomic(directory / PARTITIONS_CACHE, partitions)
             write_atomic(directory / f"{FILE_PREFIX}instance.prom", run + partitions)
-        post_status(settings, status_document(settings.computer_id, statuses))
+        if exit_code != EXIT_OFFLINE:  # the run already said the master cannot be reached
+            post_status(settings, status_document(settings.computer_id, statuses))
     except Exception as e:  # never fail a run for what only operators read
         log.warning("could not write the node's metrics or status: %s", e)
 
