@@ -65,11 +65,23 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def new_token() -> str:
+    """256 random bits, URL-safe, never starting with "-".
+
+    People paste tokens after an option (`--token TOKEN`): one starting with "-" would be read
+    as an option and refused, about once in 32 tokens.
+    """
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
+
+
 def issue_token(conn: sqlite3.Connection, identity: str, computer_reference: str | None,
                 lifetime: float = DEFAULT_TOKEN_LIFETIME, now: float | None = None) -> str:
     """A new one-time token (returned once, stored hashed), bound to `computer_reference` when given."""
     now = time.time() if now is None else now
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     conn.execute("DELETE FROM computer_token WHERE expires < ?", (now - 86400,))  # keep the table small
     conn.execute(
         "INSERT INTO computer_token (digest, computer_reference, identity, created, expires) VALUES (?, ?, ?, ?, ?)",
