@@ -23,7 +23,7 @@ from .exceptions import BadRequestError, NotFoundError, SlapException
 
 SCHEMA = "slapnode.watch/1"
 READ_MARGIN = 15.0  # seconds beyond the poll's timeout before the answer counts as lost
-MAX_BODY = 1 << 20  # an answer is a few kB; refuse to decode more
+MAX_BODY = 1 << 20  # an answer is a few kB (at most MAX_CHANGES of them); refuse more
 MAX_CHANGES = 4096
 MAX_TEXT = 4096  # a cursor, a partition reference, a software release URL
 KINDS = ("partition", "software", "computer")
@@ -64,6 +64,7 @@ def _long_poll_connection(connection: Connection, read_timeout: float) -> Connec
     sibling = Connection(connection.master_url, key_file=connection.key_file, cert_file=connection.cert_file,
                          master_ca_file=connection.master_ca_file, timeout=read_timeout,
                          insecure=connection.insecure)
+    sibling.transport.max_body = MAX_BODY  # an answer is a few kB: refuse more before it is read whole
     with _siblings_lock:
         old = _siblings.get(connection)
         _siblings[connection] = (read_timeout, sibling)
