@@ -96,9 +96,10 @@ class ChangeFeed:
     # -- feeding ------------------------------------------------------------------------------------
     def attach(self, db) -> None:
         """Install the triggers on every connection of `db` (now and later) and publish at commit."""
-        db.add_hooks(self._install, self._end)
+        db.add_hooks(self.install, self._end)
 
-    def _install(self, conn: sqlite3.Connection) -> None:
+    def install(self, conn: sqlite3.Connection) -> None:
+        """The triggers and their function on one connection (`attach` does it for all)."""
         conn.create_function("slapnode_watch", 3, self._saw)
         for statement in TRIGGERS:
             conn.execute(statement)
