@@ -40,6 +40,9 @@ CAPACITY = 4096  # changes kept in memory (a few hundred kB at most)
 MAX_CHANGES = 512  # distinct changes in one answer; more answers `reset` (a full reconcile is cheaper)
 MIN_TIMEOUT, MAX_TIMEOUT, DEFAULT_TIMEOUT = 1.0, 55.0, 30.0
 RETRY_AFTER = 5  # seconds a watcher refused for want of room waits before asking again
+# waiting watches of one computer: its node needs one (two while a restarted node's old watch
+# still waits); a node cannot take every place from the others
+MAX_PER_COMPUTER = 2
 MAX_CURSOR = 80
 JSON = "application/json"
 
@@ -85,6 +88,7 @@ class ChangeFeed:
         self._log: deque[tuple[int, Change]] = deque(maxlen=capacity)
         self._seq = 0
         self._waiting = 0
+        self._waiting_by_computer: dict[str, int] = {}
         self._closed = False
         self._pending = threading.local()  # what this thread's open transaction changed
         self.answered: dict[str, int] = {k: 0 for k in ("change", "timeout", "reset", "busy", "shutdown")}
@@ -166,9 +170,11 @@ class ChangeFeed:
                 return self._answer("reset", self._seq, reset=True)
             changes = self._since(seq, computer)
             if not changes and not self._closed:
-                if self._waiting >= self.max_waiters:
+                mine = self._waiting_by_computer.get(computer, 0)
+                if self._waiting >= self.max_waiters or mine >= MAX_PER_COMPUTER:
                     return self._answer("busy", seq, retry_after=RETRY_AFTER)
                 self._waiting += 1
+                self._waiting_by_computer[computer] = mine + 1
                 try:
                     scanned = self._seq
                     while not changes and not self._closed:
@@ -182,6 +188,9 @@ class ChangeFeed:
                         changes, scanned = self._since(scanned, computer), self._seq
                 finally:
                     self._waiting -= 1
+                    left = self._waiting_by_computer.pop(computer) - 1
+                    if left:
+                        self._waiting_by_computer[computer] = left
             if len(changes) > MAX_CHANGES:
                 return self._answer("reset", self._seq, reset=True)
             if changes:

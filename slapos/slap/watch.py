@@ -19,7 +19,11 @@ import weakref
 from dataclasses import dataclass, field
 
 from .connection import Connection
-from .exceptions import BadRequestError, NotFoundError, SlapException
+from .exceptions import BadRequestError, NotFoundError, ServerError, SlapException
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (as slapos.slap does)
+if TYPE_CHECKING:  # pragma: no cover
+    from .objects import slap
 
 SCHEMA = "slapnode.watch/1"
 READ_MARGIN = 15.0  # seconds beyond the poll's timeout before the answer counts as lost
@@ -73,9 +77,12 @@ def _long_poll_connection(connection: Connection, read_timeout: float) -> Connec
     return sibling
 
 
-def watch_computer(connection: Connection, computer_id: str, cursor: str | None, timeout: float) -> WatchResult:
+def watch_computer(connection: Connection | slap, computer_id: str, cursor: str | None, timeout: float) -> WatchResult:
     """Wait up to `timeout` seconds (the proxy clamps it to 1..55) for a change of `computer_id`
-    after `cursor` (None: a first call, answered at once with `reset`)."""
+    after `cursor` (None: a first call, answered at once with `reset`). `connection`: the SLAP
+    client's `Connection` (`slap().connection`), or the connected `slap` itself."""
+    if not isinstance(connection, Connection):
+        connection = connection.connection  # a slap(): its connection (SlapException if not connected)
     if not computer_id:
         raise SlapException("watch_computer needs a computer id")
     timeout = float(timeout)
@@ -88,6 +95,11 @@ def watch_computer(connection: Connection, computer_id: str, cursor: str | None,
     url = poll.url("watchComputer")
     try:
         body = poll.get("watchComputer", params)
+    except ServerError as e:
+        if e.status != 501:
+            raise
+        raise WatchUnsupported(f"{url}: the master does not implement watchComputer (501): poll it instead",
+                               url=url, status=501) from None
     except NotFoundError:
         raise WatchUnsupported(f"{url}: the master does not serve watchComputer (404): poll it instead",
                                url=url, status=404) from None

@@ -294,6 +294,27 @@ def test_waiting_watches_are_bounded_and_other_calls_still_answer(tmp_path):
         live.server.stop()
 
 
+def test_one_computer_cannot_take_every_waiting_place(tmp_path):
+    live = start_live(tmp_path, threads=16)  # 8 places
+    try:
+        slap = live.connect()
+        format_computer(slap, COMPUTER, 2)
+        format_computer(slap, "COMP-1", 2, network=1)
+        cursor_a, cursor_b = cursor_of(slap.connection, COMPUTER), cursor_of(slap.connection, "COMP-1")
+        watchers = [Watcher(slap.connection, COMPUTER, cursor_a) for _ in range(2)]
+        wait_waiting(live.server.app, 2)
+        third = watch_computer(slap.connection, COMPUTER, cursor_a, LONG)
+        assert third.retry_after and third.changes == [] and third.cursor == cursor_a
+        other = Watcher(slap.connection, "COMP-1", cursor_b)  # another computer still has room
+        wait_waiting(live.server.app, 3)
+        slap.registerSupply().supply(SR, COMPUTER)
+        slap.registerSupply().supply(SR, "COMP-1")
+        for watcher in (*watchers, other):
+            assert watcher.result().changes == [Change("software", url=SR)] and watcher.woke_early()
+    finally:
+        live.server.stop()
+
+
 def test_stopping_the_proxy_answers_waiting_watches(tmp_path):
     live = start_live(tmp_path, threads=4)
     slap = live.connect()

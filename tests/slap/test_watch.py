@@ -30,7 +30,7 @@ def test_a_master_without_the_route_is_unsupported(master, connected):
     with pytest.raises(WatchUnsupported, match="does not serve watchComputer") as info:
         watch_computer(connected.connection, "COMP-0", None, 5)
     assert isinstance(info.value, SlapOSError) and "\n" not in str(info.value)
-    for status in (400, 405):
+    for status in (400, 405, 501):
         master.answer("watchComputer", "no such method", status=status)
         with pytest.raises(WatchUnsupported):
             watch_computer(connected.connection, "COMP-0", None, 5)
@@ -81,7 +81,7 @@ def test_a_valid_answer_is_decoded_unknown_kinds_skipped_duplicates_dropped(mast
         {"kind": "partition", "reference": "slappart3"},
         {"kind": "computer"},
     ], retry_after=2))
-    result = watch_computer(connected.connection, "COMP-0", CURSOR, 5)
+    result = watch_computer(connected, "COMP-0", CURSOR, 5)  # the slap itself, or its connection
     assert result.cursor == CURSOR and result.reset is False and result.retry_after == 2.0
     assert result.changes == [Change("partition", reference="slappart3"), Change("software", url="http://sr/x.cfg"),
                               Change("computer")]
