@@ -44,6 +44,11 @@ RETRY_AFTER = 5  # seconds a watcher refused for want of room waits before askin
 # still waits); a node cannot take every place from the others
 MAX_PER_COMPUTER = 2
 MAX_CURSOR = 80
+# a change names at most this much (a software release URL is not bounded by the protocol): a
+# longer one is logged as a change of the whole computer, so neither the log nor an answer grows
+# with what a caller sends
+MAX_NAME = 2048
+MAX_ANSWER = 256 * 1024  # bytes of one answer; a larger one answers reset instead
 JSON = "application/json"
 
 # TEMP triggers: they live in this connection only; the database file is never changed (another
@@ -109,11 +114,13 @@ class ChangeFeed:
             conn.execute(statement)
 
     def _saw(self, kind: str, computer: str | None, name: str | None) -> None:
-        if computer is None:
-            return
         pending = getattr(self._pending, "changes", None)
         if pending is None:
             pending = self._pending.changes = []
+        if computer is None or len(computer) > MAX_NAME:
+            return  # no node can watch it: watchComputer refuses such a computer id
+        if name and len(name) > MAX_NAME:
+            kind, name = "computer", ""
         pending.append(Change(kind, computer, name or ""))
 
     def _end(self, committed: bool) -> None:
@@ -243,6 +250,12 @@ def handle(feed: ChangeFeed, req: Request) -> Response:
     watch it (the node, anyone on an open proxy, that computer's certificate)."""
     computer_id = req.reference("computer_id")
     require_node(req.identity, req.endpoint, computer_id)  # as getFullComputerInformation
+    if len(computer_id) > MAX_NAME:
+        raise BadRequest(f"field 'computer_id' of {req.endpoint} is longer than {MAX_NAME} characters")
     timeout = timeout_field(req)
     answer = feed.watch(computer_id, req.fields.get("cursor") or None, timeout)
-    return Response(json.dumps(answer, separators=(",", ":")).encode("utf-8"), content_type=JSON)
+    body = json.dumps(answer, separators=(",", ":")).encode("utf-8")
+    if len(body) > MAX_ANSWER:  # (512 long names escaped): the node reconciles everything instead
+        answer.update(reset=True, changes=[])
+        body = json.dumps(answer, separators=(",", ":")).encode("utf-8")
+    return Response(body, content_type=JSON)

@@ -177,6 +177,13 @@ def test_a_change_on_another_computer_does_not_wake_this_one(two_computers):
     assert quiet.cursor != cursor_a
 
 
+def test_a_huge_software_url_is_logged_as_a_change_of_the_computer(two_computers):
+    live, slap = two_computers
+    huge = "http://sr.example/" + "x" * 100_000 + ".cfg"
+    answer = woken_by(live, slap.connection, lambda: slap.registerSupply().supply(huge, COMPUTER))
+    assert answer.changes == [Change("computer")]
+
+
 def test_supply_and_removal_wake_with_the_software_release(two_computers):
     live, slap = two_computers
     other = "http://sr.example/watched.cfg"
@@ -355,3 +362,21 @@ def test_the_change_log_is_bounded_and_a_cursor_that_fell_off_resets():
     # the log (4 entries) no longer reaches back to either cursor: reconcile everything
     assert feed.watch("A", cursor, 1)["reset"]
     assert feed.watch("A", kept["cursor"], 1)["reset"]
+
+
+def test_an_answer_too_large_or_too_long_resets_instead(two_computers):
+    live, slap = two_computers
+    cursor = cursor_of(slap.connection)
+    supply = slap.registerSupply()
+    for i in range(150):  # 150 names of 2000 characters: over the answer's 256 kB
+        supply.supply(f"http://sr.example/{i:03d}/" + "y" * 1970, COMPUTER)
+    answer = watch_computer(slap.connection, COMPUTER, cursor, LONG)
+    assert answer.reset and answer.changes == []
+    quiet_after(slap.connection, answer.cursor)  # the new cursor is good
+    from slapos.proxy.watch import MAX_CHANGES
+    from slapos.proxy.watch import Change as Entry
+
+    feed = ChangeFeed("run", max_waiters=1)
+    cursor = feed.watch("A", None, 1)["cursor"]
+    feed.publish([Entry("partition", "A", f"slappart{i}") for i in range(MAX_CHANGES + 1)])
+    assert feed.watch("A", cursor, 1)["reset"]
