@@ -88,7 +88,7 @@ class ChangeFeed:
 
     def __init__(self, run_id: str, max_waiters: int, capacity: int = CAPACITY):
         self.run_id = run_id
-        self.max_waiters = max(1, max_waiters)
+        self.max_waiters = max(0, max_waiters)  # 0: every watch is answered at once (retry_after)
         self._cond = threading.Condition()
         self._log: deque[tuple[int, Change]] = deque(maxlen=capacity)
         self._seq = 0

@@ -301,6 +301,20 @@ def test_waiting_watches_are_bounded_and_other_calls_still_answer(tmp_path):
         live.server.stop()
 
 
+def test_a_one_thread_proxy_never_lets_a_watch_wait(tmp_path):
+    live = start_live(tmp_path, threads=1)  # a waiting watch would hold back every other call
+    try:
+        slap = live.connect()
+        format_computer(slap, COMPUTER, 2)
+        cursor = cursor_of(slap.connection)
+        answer = watch_computer(slap.connection, COMPUTER, cursor, LONG)
+        assert answer.retry_after and answer.changes == [] and answer.cursor == cursor
+        slap.registerSupply().supply(SR, COMPUTER)  # then the change is in the log for the next call
+        assert watch_computer(slap.connection, COMPUTER, cursor, LONG).changes == [Change("software", url=SR)]
+    finally:
+        live.server.stop()
+
+
 def test_one_computer_cannot_take_every_waiting_place(tmp_path):
     live = start_live(tmp_path, threads=16)  # 8 places
     try:
