@@ -394,3 +394,17 @@ def test_an_answer_too_large_or_too_long_resets_instead(two_computers):
     cursor = feed.watch("A", None, 1)["cursor"]
     feed.publish([Entry("partition", "A", f"slappart{i}") for i in range(MAX_CHANGES + 1)])
     assert feed.watch("A", cursor, 1)["reset"]
+
+
+def test_a_rolled_back_write_wakes_nobody(node):
+    live, slap = node
+    slap.registerOpenOrder().request(SR, "inst")
+    cursor = cursor_of(slap.connection)
+    app = live.server.app
+    with pytest.raises(RuntimeError), app.db.write() as conn:
+        conn.execute("UPDATE partition SET timestamp = timestamp + 1 WHERE reference = 'slappart0'")
+        raise RuntimeError("the request failed after the bump")
+    quiet_after(slap.connection, cursor)
+    with app.db.write() as conn:  # the same write committed is seen
+        conn.execute("UPDATE partition SET timestamp = timestamp + 1 WHERE reference = 'slappart0'")
+    assert watch_computer(slap.connection, COMPUTER, cursor, LONG).changes == [partition("slappart0")]
