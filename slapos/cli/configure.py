@@ -262,5 +262,11 @@ COMMANDS = [
         help="write a client configuration (~/.slapos/slapos-client.cfg) for a master",
         run=run_client,
         arguments=client_arguments,
+        description=(
+            "Write the configuration of slapos request, supply, service and console. With --token, fetch "
+            "your certificate first (Person_getCertificate, at a SlapOS Master's web site or at a slapnode "
+            "TLS proxy; the token of `slapos proxy token --user NAME`) and keep it beside the configuration, "
+            "the key 0600 from its creation. Nothing existing is overwritten without --force."
+        ),
     ),
 ]

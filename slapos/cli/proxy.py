@@ -256,7 +256,8 @@ COMMANDS = [
     Command(
         path=("proxy", "certificates"),
         help="list the certificates the proxy's CA issued",
-        description="Serial, kind, computer, dates and state of each certificate (active ones unless --all).",
+        description="Serial, kind (computer, partition, user), computer, partition, user, dates and state of each "
+                    "certificate (active ones unless --all).",
         run=certificates,
         arguments=_certificates_arguments,
     ),

@@ -357,6 +357,18 @@ def test_an_unprivileged_person_configures_and_requests(pool, person):
     requested = slapos(home, "request", "tree-d", SR, "--node", "computer_guid=edge-a", preexec=switch)
     assert requested.returncode == 0, requested.stderr
     assert "edge-a/slappart" in requested.stdout
+    # without its certificate, over loopback, the person gets no computer token (a rogue node)
+    before = pool.database()
+    script = ("import http.client, ssl, sys\n"
+              "c = http.client.HTTPSConnection('127.0.0.1', int(sys.argv[1]), timeout=15,\n"
+              "    context=ssl.create_default_context(cafile=sys.argv[2]))\n"
+              "c.request('GET', '/hateoas/computer_module/Base_getComputerToken?computer_reference=rogue')\n"
+              "r = c.getresponse()\n"
+              "print(r.status, r.read().decode())\n")
+    asked = subprocess.run([sys.executable, "-c", script, str(pool.proxy.port), str(pool.ca)], capture_output=True,
+                           text=True, timeout=60, preexec_fn=switch, cwd="/")
+    assert asked.stdout.startswith("403") and "operator" in asked.stdout, asked.stdout + asked.stderr
+    assert pool.database() == before
 
 
 def test_root_writing_a_client_configuration_follows_no_planted_link(pool, person, tmp_path):
