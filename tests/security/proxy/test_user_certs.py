@@ -164,6 +164,8 @@ def test_a_user_token_configures_a_client_that_requests_end_to_end(pool):
 def test_user_tokens_are_single_use_expire_and_never_serve_a_computer(pool, tmp_path):
     token, expired = pool.proxy.token("--user", "alice"), pool.proxy.token("--user", "bob", "--lifetime", "0.2")
     computer_token = pool.proxy.token("edge-z")
+    stored = b"".join(f.read_bytes() for f in pool.proxy.database.parent.glob("proxy.db*"))
+    assert token.encode() not in stored and expired.encode() not in stored  # only their hashes
     alice = User(pool, "alice", pool.homes / "alice")
     assert alice.configure(token).returncode == 0
     time.sleep(0.5)
@@ -393,3 +395,22 @@ def test_root_writing_a_client_configuration_follows_no_planted_link(pool, perso
     assert result.returncode == 0, result.stderr
     assert victim.read_text() == "root's\n"
     assert not planted.is_symlink() and stat.S_IMODE(planted.stat().st_mode) == 0o600
+
+
+def test_the_client_reads_its_ca_from_slapconsole_first(pool):
+    """`[slapconsole] master_ca_file` (beside cert_file and key_file) verifies the proxy; a wrong CA
+    fails the handshake in one line, not a traceback."""
+    alice = pool.user("alice")
+    cert_file, key_file = alice.cert
+    other = pool.homes / "other-ca.crt"
+    from slapos.proxy.ca import CertificateAuthority
+
+    other.write_bytes(CertificateAuthority(pool.homes / "other").load_or_create("other").cert_path.read_bytes())
+    base = f"[slapos]\nmaster_url = {pool.proxy.url}\nmaster_ca_file = {other}\n[slapconsole]\n" \
+           f"cert_file = {cert_file}\nkey_file = {key_file}\n"
+    alice.cfg.write_text(base + f"master_ca_file = {pool.ca}\n")
+    assert alice.run("service", "list").returncode == 0
+    alice.cfg.write_text(base)  # only the wrong one
+    refused = alice.run("service", "list")
+    assert refused.returncode == 1 and "could not be verified" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr and str(other) in refused.stderr
