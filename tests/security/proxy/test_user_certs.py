@@ -139,6 +139,8 @@ def test_a_user_token_configures_a_client_that_requests_end_to_end(pool):
     assert requested.returncode == 0, requested.stderr
     assert "edge-a/slappart" in requested.stdout
     assert alice.trees() == ["tree-a"]
+    computers = alice.run("computer", "list", "--format", "json")  # the operator's node is not hers
+    assert computers.returncode == 0 and json.loads(computers.stdout) in ([], {}), computers.stdout
     info = alice.run("info", "tree-a", "--format", "json")
     assert info.returncode == 0, info.stderr
     status = json.loads(info.stdout)
