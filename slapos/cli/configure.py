@@ -159,7 +159,11 @@ def client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--master-url", "--master_url", dest="master_url", required=True, metavar="URL",
                         help="SLAP URL of the master (e.g. https://slap.example.com/)")
     parser.add_argument("--master-url-web", "--master_url_web", dest="master_url_web", metavar="URL",
-                        help="web site of the master, to fetch your certificate with --token")
+                        help="web site of the master, to fetch your certificate with --token (default: "
+                             "--master-url, which is right for a slapnode proxy)")
+    parser.add_argument("--master-ca-file", "--master_ca_file", dest="master_ca_file", metavar="FILE",
+                        help="CA certificate that verifies the master (a slapnode proxy's ca.crt); used for the "
+                             "token exchange and written as master_ca_file")
     parser.add_argument("--token", help="one-time token from the master's web site (fetches your certificate)")
     parser.add_argument("--cert-file", "--cert_file", dest="cert_file", metavar="FILE", help="your user certificate")
     parser.add_argument("--key-file", "--key_file", dest="key_file", metavar="FILE", help="your user key")
@@ -169,16 +173,18 @@ def client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
 
 
-def fetch_certificate(master_url_web: str, token: str, timeout: float = 30.0) -> tuple[str, str]:
+def fetch_certificate(master_url_web: str, token: str, timeout: float = 30.0,
+                      ca_file: str | None = None) -> tuple[str, str]:
     """Ask the master's web site for the user's certificate and key (`Person_getCertificate`,
-    authenticated by the `X-Access-Token` header); returns (certificate, key) as PEM text."""
+    authenticated by the `X-Access-Token` header; a SlapOS Master's and our TLS proxy's answer
+    alike); returns (certificate, key) as PEM text."""
     from .token_exchange import exchange
 
     url = master_url_web.rstrip("/") + "/Person_getCertificate"
     return exchange(url, token, lambda status, said, body: (
         f"{url} refused the token (HTTP {status}): ask the master for a new one"
         + (f" (master: {said})" if said else "")),
-        timeout=timeout)
+        timeout=timeout, ca_file=ca_file)
 
 
 def run_client(args: argparse.Namespace) -> int:
@@ -196,17 +202,22 @@ def run_client(args: argparse.Namespace) -> int:
         raise UsageError("give either --token or --cert-file/--key-file, not both")
     cert_file = Path(args.cert_file).expanduser().resolve() if args.cert_file else None
     key_file = Path(args.key_file).expanduser().resolve() if args.key_file else None
-    for path in (cert_file, key_file):
+    ca_file = Path(args.master_ca_file).expanduser().resolve() if args.master_ca_file else None
+    for path in (cert_file, key_file, ca_file):
         if path is not None and not path.is_file():
             raise UsageError(f"{path} does not exist")
     if args.token:
-        if not args.master_url_web:
-            raise UsageError("--token needs --master-url-web (the master's web site)")
-        certificate, key = fetch_certificate(args.master_url_web, args.token)
         cert_file = output.parent / "client.crt"
         key_file = output.parent / "client.key"
+        for path in (cert_file, key_file):  # checked before the token is spent
+            if path.exists() and not args.force:
+                raise UsageError(f"{path} exists: use --force to overwrite it (or -o elsewhere)")
+        certificate, key = fetch_certificate(args.master_url_web or args.master_url, args.token,
+                                             ca_file=str(ca_file) if ca_file else None)
+        if not output.parent.exists():  # it will hold your key: nobody else lists it
+            output.parent.mkdir(mode=0o700, parents=True)
+        write_file(key_file, key, 0o600)  # 0600 from its creation (standalone.write_file)
         write_file(cert_file, certificate, 0o600)
-        write_file(key_file, key, 0o600)
         log.info("wrote your certificate %s and key %s", cert_file, key_file)
     if master_url.startswith("https:") and cert_file is None:
         raise UsageError("an https master needs your certificate: --token (with --master-url-web) "
@@ -214,6 +225,8 @@ def run_client(args: argparse.Namespace) -> int:
     lines = ["# Written by `slapos configure client`.", "[slapos]", f"master_url = {master_url}"]
     if args.computer_id:
         lines.append(f"computer_id = {args.computer_id}")
+    if ca_file:
+        lines.append(f"master_ca_file = {ca_file}")
     lines += ["", "[slapconsole]"]
     if cert_file:
         lines += [f"cert_file = {cert_file}", f"key_file = {key_file}"]
@@ -249,5 +262,11 @@ COMMANDS = [
         help="write a client configuration (~/.slapos/slapos-client.cfg) for a master",
         run=run_client,
         arguments=client_arguments,
+        description=(
+            "Write the configuration of slapos request, supply, service and console. With --token, fetch "
+            "your certificate first (Person_getCertificate, at a SlapOS Master's web site or at a slapnode "
+            "TLS proxy; the token of `slapos proxy token --user NAME`) and keep it beside the configuration, "
+            "the key 0600 from its creation. Nothing existing is overwritten without --force."
+        ),
     ),
 ]

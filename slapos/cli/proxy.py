@@ -127,6 +127,9 @@ def _token_arguments(parser: argparse.ArgumentParser) -> None:
     _database_arguments(parser)
     parser.add_argument("computer", nargs="?", metavar="COMPUTER",
                         help="the computer the token is for (without it, the node registering names itself)")
+    parser.add_argument("--user", metavar="NAME",
+                        help="a token for a user certificate instead (slapos configure client --token): NAME is "
+                             "the user; that certificate requests and supplies as NAME, never as a node")
     parser.add_argument("--lifetime", type=float, default=3600.0, metavar="SECONDS",
                         help="seconds the token stays valid (default: 3600)")
 
@@ -142,11 +145,16 @@ def token(args: argparse.Namespace) -> int:
         raise UsageError("--lifetime must be a positive number of seconds")
     if args.computer is not None and not ca.COMPUTER_ID.match(args.computer):
         raise UsageError(f"computer {args.computer!r}: letters, digits, '.', '_', '-' and '@' only")
+    if args.user is not None:
+        if args.computer is not None:
+            raise UsageError("a token is for a computer or for a user (--user NAME), not both")
+        if not ca.COMPUTER_ID.match(args.user):
+            raise UsageError(f"user {args.user!r}: letters, digits, '.', '_', '-' and '@' only (at most 128)")
     db = _database(args)
     try:
         with db.write(documents=False) as conn:
             ownership.ensure_tables(conn)
-            value = ownership.issue_token(conn, f"uid:{os.geteuid()}", args.computer, args.lifetime)
+            value = ownership.issue_token(conn, f"uid:{os.geteuid()}", args.computer, args.lifetime, user=args.user)
     finally:
         db.close()
     print(value)
@@ -157,6 +165,7 @@ def _certificates_arguments(parser: argparse.ArgumentParser) -> None:
     _database_arguments(parser)
     add_format_argument(parser)
     parser.add_argument("--all", action="store_true", help="also revoked and expired certificates")
+    parser.add_argument("--user", metavar="NAME", help="only the certificates of user NAME")
 
 
 def certificates(args: argparse.Namespace) -> int:
@@ -176,6 +185,8 @@ def certificates(args: argparse.Namespace) -> int:
         row["state"] = "revoked" if row["revoked"] else ("expired" if row["expires"] < now else "active")
     if not args.all:
         rows = [r for r in rows if r["state"] == "active"]
+    if args.user is not None:
+        rows = [r for r in rows if r["user"] == args.user]
     if args.format == "json":
         output.dump_json(rows)
         return 0
@@ -183,30 +194,34 @@ def certificates(args: argparse.Namespace) -> int:
     def day(t):
         return time.strftime("%Y-%m-%d", time.gmtime(t))
 
-    output.table(["SERIAL", "KIND", "COMPUTER", "PARTITION", "ISSUED", "EXPIRES", "STATE"],
-                 [[r["serial"], r["kind"], r["computer"], r["partition"] or "", day(r["issued"]), day(r["expires"]),
-                   r["state"]] for r in rows])
+    output.table(["SERIAL", "KIND", "COMPUTER", "PARTITION", "USER", "ISSUED", "EXPIRES", "STATE"],
+                 [[r["serial"], r["kind"], r["computer"] or "", r["partition"] or "", r["user"] or "",
+                   day(r["issued"]), day(r["expires"]), r["state"]] for r in rows])
     return 0
 
 
 def _revoke_arguments(parser: argparse.ArgumentParser) -> None:
     _database_arguments(parser)
-    parser.add_argument("what", metavar="SERIAL|COMPUTER",
+    parser.add_argument("what", metavar="SERIAL|COMPUTER", nargs="?",
                         help="a certificate's serial (slapos proxy certificates), or a computer: all its certificates")
+    parser.add_argument("--user", metavar="NAME", help="revoke every certificate of user NAME instead")
 
 
 def revoke(args: argparse.Namespace) -> int:
-    from slapos.base.errors import SlapOSError
+    from slapos.base.errors import SlapOSError, UsageError
     from slapos.proxy import ca
 
+    if (args.what is None) == (args.user is None):
+        raise UsageError("give a serial or a computer, or --user NAME (one of them)")
     db = _database(args)
     try:
         with db.write(documents=False) as conn:
-            serials = ca.revoke(conn, args.what)
+            serials = ca.revoke(conn, args.user, user=True) if args.user is not None else ca.revoke(conn, args.what)
     finally:
         db.close()
     if not serials:
-        raise SlapOSError(f"no active certificate with serial or computer {args.what!r}: see slapos proxy certificates")
+        what = f"of user {args.user!r}" if args.user is not None else f"with serial or computer {args.what!r}"
+        raise SlapOSError(f"no active certificate {what}: see slapos proxy certificates")
     print("revoked " + ", ".join(serials))
     return 0
 
@@ -231,22 +246,24 @@ COMMANDS = [
     ),
     Command(
         path=("proxy", "token"),
-        help="issue a one-time token a node exchanges for its certificate (slapos node register)",
+        help="issue a one-time token a node (or, with --user, a person) exchanges for a certificate",
         description="Print a one-time, expiring token, stored hashed in the proxy database. Give it to "
-                    "`slapos node register NAME --token TOKEN --master-url-web <proxy URL>` (docs/join.md).",
+                    "`slapos node register NAME --token TOKEN --master-url-web <proxy URL>`, or with --user NAME "
+                    "to `slapos configure client --token TOKEN --master-url <proxy URL>` (docs/join.md).",
         run=token,
         arguments=_token_arguments,
     ),
     Command(
         path=("proxy", "certificates"),
         help="list the certificates the proxy's CA issued",
-        description="Serial, kind, computer, dates and state of each certificate (active ones unless --all).",
+        description="Serial, kind (computer, partition, user), computer, partition, user, dates and state of each "
+                    "certificate (active ones unless --all).",
         run=certificates,
         arguments=_certificates_arguments,
     ),
     Command(
         path=("proxy", "revoke"),
-        help="revoke a certificate (by serial) or every certificate of a computer",
+        help="revoke a certificate (by serial), every certificate of a computer, or of a user (--user)",
         description="A revoked certificate is refused at once by the running proxy (it checks every request).",
         run=revoke,
         arguments=_revoke_arguments,

@@ -276,13 +276,21 @@ def config_mode(layout: Layout) -> int:
 
 
 def write_file(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace `path` atomically. The temporary file has a fresh random name (O_EXCL: nothing
+    planted beside it is followed or reused) and is 0600 until written, so a key is never
+    readable by others, whatever the umask."""
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            os.fchmod(f.fileno(), mode)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
 
 
 def link_client_config(node_config: Path) -> str:

@@ -51,14 +51,21 @@ class Navigator:
     def _get(self, url: str, headers: dict[str, str] | None = None) -> dict:
         import requests
 
+        from slapos.base.http import PolicyError, requests_verify
+
         if self._session is None:
             self._session = requests.Session()
             if self.cert_file:
                 self._session.cert = (self.cert_file, self.key_file)
-            if self.ca_file:
-                self._session.verify = self.ca_file
         try:
-            with self._session.get(url, headers=headers, timeout=self.timeout, stream=True) as response:
+            # verify= on each call: requests lets $REQUESTS_CA_BUNDLE override a session's verify,
+            # which would refuse a master signed by its own CA (master_ca_file)
+            verify = requests_verify(self.ca_file)
+        except PolicyError as e:
+            raise HateoasError(str(e)) from None
+        try:
+            with self._session.get(url, headers=headers, timeout=self.timeout, stream=True,
+                                   verify=verify) as response:
                 body = response.raw.read(MAX_ANSWER + 1, decode_content=True)
                 status = response.status_code
         except requests.RequestException as e:

@@ -2,7 +2,8 @@
 
 Looked up like the reference (SLAP-PROTOCOL.md §8): `--cfg`, then `$SLAPOS_CLIENT_CONFIGURATION`,
 then `~/.slapos/slapos-client.cfg`, then the node configuration (a node's slapos.cfg works too).
-The user's certificate is `[slapconsole] cert_file/key_file`, falling back to `[slapos]`'s.
+The user's certificate is `[slapconsole] cert_file/key_file`, falling back to `[slapos]`'s; the
+CA that verifies an https master, `master_ca_file` of `[slapconsole]`, else of `[slapos]`.
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ class ClientSettings:
             master_url=master_url,
             key_file=key_file,
             cert_file=cert_file,
-            master_ca_file=config.get_path("slapos", "master_ca_file", None),
+            master_ca_file=config.get_path("slapconsole", "master_ca_file", None)
+            or config.get_path("slapos", "master_ca_file", None),
             computer_id=config.get("slapos", "computer_id", None),
             product_list=products,
         )

@@ -22,8 +22,10 @@ On a TLS proxy (`[slapproxy] tls = true`, docs/join.md) a verified client certif
 proxy's CA is the other source of the same `Identity`: the TLS server puts its serial in the
 environ (`PEER_SERIAL_KEY`), resolved here against the `certificate` table on every call (so a
 revocation is refused at once): a **computer certificate** acts as the node of that computer only
-(kind `computer`), a **partition certificate** as that partition. A call without a certificate
-is anonymous whatever the access mode: only the token exchange and the harmless calls answer it.
+(kind `computer`), a **partition certificate** as that partition, a **user certificate** as
+that person (kind `user`): client calls only (requests as a person, supplies, reading the
+partitions of the instance trees it owns), never the node's. A call without a certificate is
+anonymous whatever the access mode: only the token exchange and the harmless calls answer it.
 """
 from __future__ import annotations
 
@@ -71,12 +73,26 @@ def partition_url(credential: str) -> str:
 @dataclass(frozen=True)
 class Identity:
     """The caller. `kind`: `open` (access = open: anyone acts for anyone), `node` (the node
-    credential: the node and its operator), `partition` (a partition credential) or `anonymous`
+    credential: the node and its operator), `partition` (a partition credential or certificate),
+    `computer` (a computer certificate), `user` (a user certificate: a person) or `anonymous`
     (no credential, access = credentials)."""
 
     kind: str
     computer_id: str | None = None
     partition_id: str | None = None
+    user: str | None = None
+
+    @property
+    def owner_id(self) -> str | None:
+        """The identity a certificate's caller owns records under (ownership.py, identity.caller);
+        None for the others (the socket's Unix user is asked instead)."""
+        if self.kind == "user":
+            return f"user:{self.user}"
+        if self.kind == "computer":
+            return f"cert:{self.computer_id}"
+        if self.kind == "partition":
+            return f"cert:{self.computer_id}/{self.partition_id}"
+        return None
 
     @property
     def trusted(self) -> bool:
@@ -88,6 +104,8 @@ class Identity:
             return f"partition {self.partition_id} of {self.computer_id}"
         if self.kind == "computer":
             return f"computer {self.computer_id}"
+        if self.kind == "user":
+            return f"user {self.user}"
         return self.kind
 
     def owns(self, computer_id: str | None) -> bool:
@@ -128,6 +146,8 @@ def require_partition(identity: Identity, computer_id: str | None, partition_id:
             f"{what} needs a credential: this proxy runs with access = credentials; use the "
             "server-url of the partition's [slap-connection]"
         )
+    if identity.kind == "user":  # a person is no partition, whatever the call names
+        raise Forbidden(f"{what} is for the node and its partitions, not for {identity}")
     if (computer_id, partition_id) != (identity.computer_id, identity.partition_id):
         raise Forbidden(
             f"{what}: the credential of {identity} cannot act for partition {partition_id} of {computer_id}"
@@ -150,6 +170,14 @@ def require_tree(
     the other partitions of its instance tree (a parent reads what its children published, as
     the SLAP client does after a request), nothing else."""
     if identity.owns(computer_id) or (computer_id, partition_id) == (identity.computer_id, identity.partition_id):
+        return
+    if identity.kind == "user":  # a person reads the partitions of the trees it requested
+        from .ownership import owner_of
+
+        root = _tree(conn, computer_id, partition_id)
+        if root is None or owner_of(conn, "instance", root) != identity.owner_id:
+            raise Forbidden(f"{what}: the certificate of {identity} cannot read partition {partition_id} of "
+                            f"{computer_id}: it is not in an instance tree that user requested")
         return
     if identity.kind != "partition":
         require_partition(identity, computer_id, partition_id, what)  # refuses, with the anonymous' message
@@ -206,22 +234,24 @@ class Access:
             return ANONYMOUS
         with self.db.read() as conn:
             row = conn.execute(
-                "SELECT c.kind, c.computer_reference, c.partition_reference, c.credential_hash, p.credential_hash "
-                "FROM certificate c LEFT JOIN partition p ON p.computer_reference = c.computer_reference "
+                "SELECT c.kind, c.computer_reference, c.partition_reference, c.credential_hash, p.credential_hash, "
+                "c.user_reference FROM certificate c LEFT JOIN partition p ON p.computer_reference = c.computer_reference "
                 "AND p.reference = c.partition_reference AND p.slap_state = 'busy' "
                 "WHERE c.serial = ? AND c.revoked IS NULL AND c.expires > ?", (serial, time.time()),
             ).fetchone()
         if row is None:
             raise Forbidden(f"certificate {serial} is revoked, expired or unknown to this proxy")
-        kind, computer_id, partition_id, issued_for, current = row
+        kind, computer_id, partition_id, issued_for, current, user = row
         if kind == "computer":
             identity = Identity("computer", computer_id)
+        elif kind == "user" and user:
+            identity = Identity("user", user=user)
         elif kind == "partition" and issued_for is not None and issued_for == current:
             identity = Identity("partition", computer_id, partition_id)
         else:  # a partition certificate of a partition since freed (its credential changed)
             raise Forbidden(f"certificate {serial} belonged to partition {partition_id} of {computer_id}, since freed")
         # who calls, for the user API's owner records (identity.caller): the certificate, never the socket
-        environ["slapos.identity"] = f"cert:{computer_id}" + (f"/{partition_id}" if kind == "partition" else "")
+        environ["slapos.identity"] = identity.owner_id
         return identity
 
     def _partition(self, digest: str) -> Identity | None:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 
 from slapos.slap import wire
 
-from . import access, allocation, ca, computers, documents, identity, join, ownership, watch
+from . import access, allocation, ca, computers, documents, identity, join, ownership, users, watch
 from .access import ANONYMOUS, OPEN, Identity, require_node, require_partition
 from .cache import CacheServer
 from .config import ProxyConfig
@@ -122,6 +122,8 @@ class ProxyApp:
             "softwareInstanceRename": (post, self.instance_rename),
             # the web side of a master: a one-time token for a computer certificate (node register)
             "Person_requestComputer": (post, self.request_computer),
+            # ... and a user token for a user certificate (slapos configure client --token)
+            "Person_getCertificate": (post, lambda req: join.user_certificate(self.db, self.ca, req, self.config.tls)),
             # proxy only
             "getRunId": (get, lambda req: text(self.run_id)),
             "watchComputer": (get, lambda req: watch.handle(self.watch, req)),
@@ -281,8 +283,11 @@ class ProxyApp:
 
     def supply(self, req: Request) -> Response:
         url, computer_id, state = req.reference("url"), req.reference("computer_id"), req.field("state")
-        require_node(req.identity, "supplying software", computer_id)
+        if req.identity.kind != "user":  # a person supplies too (users.py); the nodes, to themselves
+            require_node(req.identity, "supplying software", computer_id)
         with self.db.write() as conn:
+            if req.identity.kind == "user":
+                users.check_supply(conn, req.identity, url, computer_id, state)
             return text(computers.supply(conn, url, computer_id, state, self.config.computer_id))
 
     def software_report(self, state: str) -> Callable[[Request], Response]:
@@ -363,10 +368,8 @@ class ProxyApp:
             software_release, software_type, title, parameters, filter_kw, state, self.config.computer_id
         )
         with self.db.write() as conn:
-            # a person's first request of a tree makes them its owner: who they are is asked from
-            # the kernel (~50 µs) only then, not on every update of the tree (the periodic path)
-            if not header and ownership.owner_of(conn, "instance", title) is None:
-                ownership.record(conn, "instance", title, identity.caller(req.environ))
+            if not header:  # a person's request: its own trees only, when identified by a certificate
+                users.claim_tree(conn, req.identity, req.environ, title)
             requester = allocation.identify(conn, *header) if header else allocation.Requester()
             if shared:
                 slave, host = allocation.request_shared(conn, requester, request)
@@ -385,6 +388,11 @@ class ProxyApp:
             header = (req.fields.get("computer_id", self.config.computer_id), req.field("computer_partition_id"))
         if identity.trusted:
             return header
+        if identity.kind == "user":  # a person: never for a partition
+            if header is not None:
+                raise Forbidden(f"requesting an instance: {identity} requests as a person, not for partition "
+                                f"{header[1]} of {header[0]}")
+            return None
         if identity.kind == "computer":  # the node of a computer: for its own partitions, or as a person
             if header is not None:
                 require_partition(identity, header[0], header[1], "requesting an instance")

@@ -7,6 +7,10 @@
   exchanges a one-time token (ownership.consume_token) for a computer certificate and its key.
   The certificate's subject common name is the computer id; its serial is recorded in the
   `certificate` table.
+* `Person_getCertificate` (the reference master's call behind `slapos configure client
+  --token`) exchanges a user token for a user certificate: common name the user's name,
+  organisational unit `user`, recorded with kind `user` and `user_reference` (its
+  `computer_reference` is empty: a user is no computer).
 * `slapos proxy certificates` lists them, `slapos proxy revoke` revokes one: the TLS listener
   looks the serial up on every request, so a revoked certificate is refused at once, also by a
   proxy that was running when it was revoked.
@@ -27,7 +31,8 @@ COMPUTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
 TABLE = """CREATE TABLE IF NOT EXISTS certificate (
     serial TEXT PRIMARY KEY, kind TEXT NOT NULL, computer_reference TEXT NOT NULL,
     partition_reference TEXT, issued REAL NOT NULL, expires REAL NOT NULL, revoked REAL,
-    credential_hash TEXT, certificate_pem TEXT, key_pem TEXT)"""
+    credential_hash TEXT, certificate_pem TEXT, key_pem TEXT, user_reference TEXT)"""
+USER = "user"
 
 
 class CertificateError(Exception):
@@ -36,6 +41,8 @@ class CertificateError(Exception):
 
 def ensure_table(conn: sqlite3.Connection) -> None:
     conn.execute(TABLE)
+    if "user_reference" not in {row[1] for row in conn.execute("PRAGMA table_info(certificate)")}:
+        conn.execute("ALTER TABLE certificate ADD COLUMN user_reference TEXT")  # from before user certificates
 
 
 def _write_private(path: Path, data: bytes, mode: int) -> None:
@@ -102,7 +109,7 @@ class CertificateAuthority:
     def issue(self, common_name: str, kind: str = "computer", days: int = DEFAULT_VALIDITY_DAYS,
               hosts: tuple[str, ...] = ()) -> Issued:
         """A new key and a certificate for it, signed by the CA. `kind` (computer, partition,
-        server) goes into the organisational unit; `hosts` become subject alternative names."""
+        user, server) goes into the organisational unit; `hosts` become subject alternative names."""
         import ipaddress
 
         from cryptography import x509
@@ -143,15 +150,16 @@ class CertificateAuthority:
 
 def record(conn: sqlite3.Connection, issued: Issued, kind: str, computer: str, partition: str | None = None,
            days: int = DEFAULT_VALIDITY_DAYS, credential_hash: str | None = None,
-           pem: tuple[str, str] | None = None) -> None:
+           pem: tuple[str, str] | None = None, user: str | None = None) -> None:
     """Record an issued certificate. A partition's is bound to the partition's credential hash (it
     dies when the partition is freed) and kept (`pem`) to be handed again to the node; the
-    database is private (0600) and already holds the partitions' credentials."""
+    database is private (0600) and already holds the partitions' credentials. A user's
+    (`kind` USER) names its `user` and no computer."""
     now = time.time()
     conn.execute("INSERT INTO certificate (serial, kind, computer_reference, partition_reference, issued, expires,"
-                 " credential_hash, certificate_pem, key_pem) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 " credential_hash, certificate_pem, key_pem, user_reference) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                  (issued.serial, kind, computer, partition, now, now + days * 86400, credential_hash,
-                  *(pem or (None, None))))
+                  *(pem or (None, None)), user))
 
 
 def revoke_partition(conn: sqlite3.Connection, computer: str, partition: str) -> None:
@@ -167,18 +175,26 @@ def active_computer_certificate(conn: sqlite3.Connection, computer: str) -> str 
 
 def listing(conn: sqlite3.Connection) -> list[dict]:
     ensure_table(conn)
-    rows = conn.execute("SELECT serial, kind, computer_reference, partition_reference, issued, expires, revoked "
-                        "FROM certificate ORDER BY issued").fetchall()
-    return [{"serial": r[0], "kind": r[1], "computer": r[2], "partition": r[3], "issued": r[4], "expires": r[5],
-             "revoked": r[6]} for r in rows]
+    rows = conn.execute("SELECT serial, kind, computer_reference, partition_reference, issued, expires, revoked, "
+                        "user_reference FROM certificate ORDER BY issued").fetchall()
+    return [{"serial": r[0], "kind": r[1], "computer": r[2] or None, "partition": r[3], "issued": r[4],
+             "expires": r[5], "revoked": r[6], "user": r[7]} for r in rows]
 
 
-def revoke(conn: sqlite3.Connection, what: str) -> list[str]:
-    """Revoke the certificate with serial `what`, or every active one of computer `what`; returns
-    the serials revoked (none: nothing matched)."""
+def revoke(conn: sqlite3.Connection, what: str, user: bool = False) -> list[str]:
+    """Revoke the certificate with serial `what`, or every active one of computer `what` (with
+    `user`: of user `what`, a name computers and users do not share); returns the serials
+    revoked (none: nothing matched)."""
     ensure_table(conn)
-    rows = conn.execute("SELECT serial FROM certificate WHERE revoked IS NULL AND (serial = ? OR computer_reference = ?)",
-                        (what.lower(), what)).fetchall()
+    if not what:
+        return []
+    if user:
+        query = "kind = 'user' AND user_reference = ?"
+        args: tuple[str, ...] = (what,)
+    else:
+        query = "serial = ? OR (kind != 'user' AND computer_reference = ?)"
+        args = (what.lower(), what)
+    rows = conn.execute(f"SELECT serial FROM certificate WHERE revoked IS NULL AND ({query})", args).fetchall()  # noqa: S608
     serials = [r[0] for r in rows]
     conn.executemany("UPDATE certificate SET revoked = ? WHERE serial = ?", [(time.time(), s) for s in serials])
     return serials

@@ -70,6 +70,11 @@ class HateoasApp:
         caller = identity.caller(environ)
         base = _base(environ)
         if path == "computer_module/Base_getComputerToken":
+            if "slapnode.tls" in environ and caller not in identity.proxy_operators():
+                # a computer joining a shared proxy is allocated everyone's instances: only the
+                # operator lets one in (a user or node certificate, a local user, could plant a rogue node)
+                raise _Error("403 Forbidden", "on a TLS proxy computer tokens come from its operator "
+                                              "(slapos proxy token, or root on the proxy's machine)")
             return "200 OK", self.token(caller, query.get("computer_reference") or None)
         if path:
             raise _Error("404 Not Found", f"unknown document {path[:80]}")

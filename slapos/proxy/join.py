@@ -1,5 +1,6 @@
-"""Joining a TLS proxy (docs/join.md): the token exchange of `slapos node register`
-(`Person_requestComputer`) and the partitions' certificates (`getComputerPartitionCertificate`).
+"""Joining a TLS proxy (docs/join.md): the token exchanges of `slapos node register`
+(`Person_requestComputer`) and of `slapos configure client --token` (`Person_getCertificate`),
+and the partitions' certificates (`getComputerPartitionCertificate`).
 The certificate authority itself is `ca.py`; turning a certificate into an identity, `access.py`.
 """
 from __future__ import annotations
@@ -45,6 +46,29 @@ def request_computer(db: Database, authority: ca.CertificateAuthority, req: Requ
         ownership.record(conn, "computer", title, grant.identity)
         ca.record(conn, issued, "computer", title)
     log.info("issued computer certificate %s for %s (token of %s)", issued.serial, title, grant.identity)
+    body = json.dumps({"certificate": issued.certificate, "key": issued.key}).encode("utf-8")
+    return Response(body, content_type="application/json", headers=(("Cache-Control", "no-store"),))
+
+
+def user_certificate(db: Database, authority: ca.CertificateAuthority, req: Request, tls: bool) -> Response:
+    """`slapos configure client --token`: the user token of `X-Access-Token` for a certificate of
+    that user (JSON `certificate`, `key`, as a SlapOS Master answers). Only a TLS proxy asks for
+    client certificates: a plain-HTTP one refuses, without spending the token."""
+    token = req.environ.get("HTTP_X_ACCESS_TOKEN", "").strip()
+    if not tls:
+        raise Forbidden("this proxy serves plain HTTP and asks for no certificate: user certificates are for a "
+                        "TLS proxy ([slapproxy] tls = true, docs/join.md)")
+    if not token:
+        raise Forbidden("no token: send the one-time token of `slapos proxy token --user NAME` in X-Access-Token")
+    with db.write(documents=False) as conn:
+        try:
+            grant = ownership.consume_token(conn, token, purpose=ownership.USER)
+        except ownership.TokenRefused as e:
+            raise Forbidden(f"token refused: {e}") from None
+        assert grant.user is not None  # consume_token refuses a computer token here
+        issued = authority.issue(grant.user, ca.USER)
+        ca.record(conn, issued, ca.USER, "", user=grant.user)
+    log.info("issued user certificate %s for %s (token of %s)", issued.serial, grant.user, grant.identity)
     body = json.dumps({"certificate": issued.certificate, "key": issued.key}).encode("utf-8")
     return Response(body, content_type="application/json", headers=(("Cache-Control", "no-store"),))
 

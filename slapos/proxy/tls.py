@@ -68,6 +68,8 @@ class _Handler(WSGIRequestHandler):
 
             environ[PEER_SERIAL_KEY] = format(x509.load_der_x509_certificate(der).serial_number, "x")
         environ["REMOTE_PORT"] = str(self.client_address[1])
+        if self.headers.get("Content-Type") is None:  # wsgiref says text/plain; waitress, as HTTP, nothing
+            environ.pop("CONTENT_TYPE", None)
         return environ
 
     def log_message(self, format, *args):  # noqa: A002 - the base class' signature
