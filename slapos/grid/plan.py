@@ -9,6 +9,7 @@ passed): `Step.CHECK` when started (only its promises, when due), `Step.SKIP` ot
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 
 from slapos.base import tenantfs
@@ -38,12 +39,28 @@ def fetch(ctx: RunContext) -> list[Desired]:
     return desired
 
 
+def identity_stamp(cert_file) -> str:
+    """A digest of the node's certificate (`[slapos] cert_file`), read once per run; "" without
+    one. When it changes (the node registered again: `slapos node register`, after a revocation
+    or for a renewal) every partition is deployed again, so that each fetches its partition
+    certificate anew: the former ones may have been revoked with the computer's."""
+    if not cert_file:
+        return ""
+    try:
+        with open(cert_file, "rb") as f:
+            data = f.read(1 << 16)
+    except OSError:
+        return ""  # the connection to the master says what is wrong with it
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 class Planner:
     """Decides each partition's step; reads each software release's stamp and periodicity once."""
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self._software_cache: dict[str, tuple[str, int | None]] = {}
+        self.identity_stamp = identity_stamp(getattr(ctx.settings, "cert_file", None))
 
     def plan(self, desired: list[Desired]) -> list[Job]:
         ctx = self.ctx
@@ -70,7 +87,7 @@ class Planner:
                 report_error(d.handle, str(e))
                 continue
             stamp = self.software_stamp(d.software_release_url)
-            job = Job(d, partition, partition.load_state(), d.inputs(stamp))
+            job = Job(d, partition, partition.load_state(), d.inputs(stamp, self.identity_stamp))
             job.step = self.decide(job, now)
             if job.step is Step.WAIT:  # still failing: the run says so
                 failures = summary.promise_failed if job.state.status == "promise-error" else summary.failed
