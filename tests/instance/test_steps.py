@@ -4,6 +4,7 @@ buildout for the first deployment, real supervisord)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from slapos.grid import probe, record
 from slapos.grid.activate import Activator
@@ -38,6 +39,40 @@ def test_plan_alone_decides_from_local_files(instance_node):
     # the master asks something new: a new timestamp means a new deployment
     changed = dataclasses.replace(job.desired, timestamp="1")
     assert Planner(ctx).plan([changed])[0].step is Step.PROCESS
+
+
+def test_plan_deploys_again_when_the_node_certificate_changes(instance_node, tmp_path):
+    """A node registered again (a new computer certificate, docs/join.md) processes every
+    partition, which fetches its partition certificate anew; a node without one is unchanged."""
+    from slapos.grid.plan import identity_stamp
+
+    node, partition_id = deployed(instance_node)
+    ctx, job = planned(node, partition_id)
+    assert job.step is Step.CHECK and identity_stamp(None) == ""
+    certificate = tmp_path / "computer.crt"
+    certificate.write_text("-----BEGIN CERTIFICATE-----\none\n")
+    ctx.settings = dataclasses.replace(ctx.settings, cert_file=certificate, key_file=certificate)
+    assert Planner(ctx).plan([job.desired])[0].step is Step.PROCESS
+    before = identity_stamp(certificate)
+    certificate.write_text("-----BEGIN CERTIFICATE-----\ntwo\n")
+    assert identity_stamp(certificate) not in ("", before)
+
+
+def test_a_computer_certificate_near_its_end_is_a_warning_of_every_run(tmp_path, caplog):
+    from slapos.grid.plan import identity_stamp
+    from slapos.proxy.ca import CertificateAuthority
+
+    authority = CertificateAuthority(tmp_path / "ca").load_or_create("test")
+    certificate = tmp_path / "computer.crt"
+    certificate.write_text(authority.issue("twon-a", "computer", days=365).certificate)
+    with caplog.at_level("WARNING", logger="slapos"):
+        identity_stamp(certificate)
+    assert not [r for r in caplog.records if "expires" in r.getMessage()]
+    certificate.write_text(authority.issue("twon-a", "computer", days=5).certificate)
+    with caplog.at_level("WARNING", logger="slapos"):
+        identity_stamp(certificate)
+    assert any(re.search(rf"{certificate} expires in [45] days: .*slapos node register", r.getMessage())
+               for r in caplog.records)
 
 
 def test_build_alone_renders_the_profile_tail(instance_node):

@@ -667,3 +667,16 @@ def test_a_revoked_node_is_refused_at_once_and_joins_again_with_new_certificates
     own = {"computer_reference": b.name, "computer_partition_reference": web}
     assert proxy.call("GET", "/registerComputerPartition", own, b.pki / f"{web}.crt", b.pki / f"{web}.key")[0] == 200
     assert fetch(f"http://{NET}.2:{grid.ports['web']}/") == "hello from the namespace\n"
+
+
+def test_recipes_verify_the_master_with_the_partitions_master_ca_file(tmp_path):
+    """What the grid revealed: the slapnode recipes (request, publish, config) connected to an
+    https master with the system CAs only; they take [slap-connection] master-ca-file."""
+    from slapos.recipe.slapnode.common import Recipe, SlapConnection
+
+    section = {"computer-id": "twon-a", "partition-id": "slappart0", "server-url": "https://10.0.0.1:1/",
+               "key-file": "/p/slappart0.key", "cert-file": "/p/slappart0.crt", "master-ca-file": "/p/ca.crt"}
+    connection = SlapConnection.from_recipe(Recipe({"slap-connection": section}, "publish", {}))
+    assert (connection.cert_file, connection.master_ca_file) == ("/p/slappart0.crt", "/p/ca.crt")
+    plain = SlapConnection.from_recipe(Recipe({"slap-connection": {**section, "master-ca-file": ""}}, "publish", {}))
+    assert plain.master_ca_file == ""  # the system CAs, as before
