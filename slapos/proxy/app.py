@@ -356,6 +356,8 @@ class ProxyApp:
             software_release, software_type, title, parameters, filter_kw, state, self.config.computer_id
         )
         with self.db.write() as conn:
+            if not header and req.identity.kind == "computer":  # a node's own client (TLS proxy)
+                join.require_own_tree(conn, req.identity, identity.caller(req.environ), title, filter_kw)
             # a person's first request of a tree makes them its owner: who they are is asked from
             # the kernel (~50 µs) only then, not on every update of the tree (the periodic path)
             if not header and ownership.owner_of(conn, "instance", title) is None:

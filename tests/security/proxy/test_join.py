@@ -588,8 +588,8 @@ def computer_calls(computer: str, partition: str) -> list[tuple[str, str, dict]]
 def assert_refused(proxy: TLSProxy, calls: list, cert: Path | None, key: Path | None) -> None:
     """Each call gets 403, and the database is exactly as before."""
     before = dump(proxy.database)
-    answers = {endpoint: proxy.call(method, endpoint, fields, cert, key) for method, endpoint, fields in calls}
-    assert {endpoint: answer for endpoint, answer in answers.items() if answer[0] != 403} == {}
+    answers = [(endpoint, proxy.call(method, endpoint, fields, cert, key)) for method, endpoint, fields in calls]
+    assert [(endpoint, answer) for endpoint, answer in answers if answer[0] != 403] == []
     assert dump(proxy.database) == before
 
 
@@ -627,6 +627,32 @@ def test_a_partition_certificate_acts_for_its_own_partition_only(grid):
     assert_refused(proxy, partition_writes(a.name, child), cert, key)
     assert_refused(proxy, computer_calls(b.name, b.partitions(proxy.database)["web"]), cert, key)
     assert_refused(proxy, [("GET", "/getFullComputerInformation", {"computer_id": a.name})], cert, key)
+
+
+def person_request(title: str, url: str, state: str = "started", parameters: dict | None = None,
+                   **filter_kw: str) -> tuple[str, str, dict]:
+    """`slapos request TITLE URL` as a person (no partition): a root instance."""
+    from slapos.slap import wire
+
+    return ("POST", "/requestComputerPartition",
+            {"software_release": url, "software_type": "default", "partition_reference": title,
+             "shared_xml": wire.dumps(False), "partition_parameter_xml": wire.dumps(parameters or {"port": "1"}),
+             "filter_xml": wire.dumps(filter_kw), "state": wire.dumps(state)})
+
+
+def test_a_node_requesting_as_a_person_reaches_only_its_own_trees_and_computer(grid):
+    """A node's configuration used as a client (`slapos request`) acts as a person: it cannot
+    change or destroy the other node's instance tree (same title), nor allocate on the other
+    computer; its own tree it requests again as before."""
+    a, b, proxy = grid.a, grid.b, grid.proxy
+    assert_refused(proxy, [person_request("tree", TREE, "destroyed"), person_request("tree", TREE),
+                           person_request("intruder", TREE, computer_guid=a.name)], *b.certificate)
+    assert_refused(proxy, [person_request("web", WEB, "stopped"),
+                           person_request("intruder", WEB, computer_guid=b.name)], *a.certificate)
+    same = {"port": str(grid.ports["web"]), "message": "hello from the namespace"}
+    before = dump(proxy.database)
+    assert proxy.call(*person_request("web", WEB, parameters=same), *b.certificate)[0] == 200
+    assert dump(proxy.database) == before  # the same request again changes nothing
 
 
 def test_a_call_without_a_client_certificate_is_refused(grid):
