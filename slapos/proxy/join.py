@@ -9,8 +9,8 @@ import logging
 import time
 
 from . import allocation, ca, ownership
-from .db import Database
 from .access import Identity
+from .db import Database
 from .errors import BadRequest, Conflict, Forbidden
 from .wsgi import Request, Response
 

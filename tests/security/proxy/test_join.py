@@ -1,6 +1,12 @@
 """Secure join (docs/join.md): two nodes get computer certificates from one TLS proxy with
 one-time tokens (`slapos node register`), each acts for its own computer only; a replayed or
-expired token, a missing, revoked or foreign certificate is refused and changes nothing."""
+expired token, a missing, revoked or foreign certificate is refused and changes nothing.
+
+The first part checks the join and the refusals with SLAP calls alone (no root needed). The
+second part (`grid`, as root) is the whole story: two registered nodes, one in its own network
+namespace, build and deploy real software releases over mutual TLS, then every cross-node and
+cross-partition call is refused with the database unchanged (see "What the tests show" there).
+"""
 from __future__ import annotations
 
 import contextlib
