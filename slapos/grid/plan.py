@@ -9,13 +9,13 @@ passed): `Step.CHECK` when started (only its promises, when due), `Step.SKIP` ot
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 
 from slapos.base import tenantfs
 
 from . import backoff
 from .job import STARTED, Desired, Job, RunContext, Step, is_offline_error, log
+from .node_identity import identity_stamp
 from .partition import Partition, PartitionError, software_directory
 from .record import report_error
 
@@ -37,49 +37,6 @@ def fetch(ctx: RunContext) -> list[Desired]:
             ctx.summary.failed[str(name)] = f"cannot read what the master wants: {e}"
             log.error("%s: cannot read what the master wants: %s", name, e)
     return desired
-
-
-EXPIRY_WARNING_DAYS = 30
-
-
-def identity_stamp(cert_file) -> str:
-    """A digest of the node's certificate (`[slapos] cert_file`), read once per run; "" without
-    one. When it changes (the node registered again: `slapos node register`, after a revocation
-    or for a renewal) every partition is deployed again, so that each fetches its partition
-    certificate anew: the former ones may have been revoked with the computer's. A certificate
-    expiring within EXPIRY_WARNING_DAYS is a warning of every run (the node's log says it a
-    month ahead, not the day the master refuses it)."""
-    if not cert_file:
-        return ""
-    try:
-        with open(cert_file, "rb") as f:
-            data = f.read(1 << 16)
-    except OSError:
-        return ""  # the connection to the master says what is wrong with it
-    warn_expiry(cert_file, data)
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
-def warn_expiry(cert_file, data: bytes, now: float | None = None) -> int | None:
-    """Log a warning when the certificate expires within EXPIRY_WARNING_DAYS; its days left."""
-    import datetime
-    import time
-
-    from cryptography import x509
-
-    try:
-        cert = x509.load_pem_x509_certificate(data)
-        # not_valid_after_utc: cryptography 42 and later; before, a naive UTC datetime
-        after = getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
-        expires = after.timestamp()
-    except ValueError:
-        return None  # not PEM: the TLS connection reports it
-    days = int((expires - (time.time() if now is None else now)) // 86400)
-    if days < EXPIRY_WARNING_DAYS:
-        when = "expired" if days < 0 else f"expires in {days} day{'s' * (days != 1)}"
-        log.warning("the computer certificate %s %s: revoke it at the master and run `slapos node register` "
-                    "again with a new token (docs/join.md)", cert_file, when)
-    return days
 
 
 class Planner:
