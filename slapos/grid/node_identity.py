@@ -74,9 +74,12 @@ def not_after(pem: bytes) -> float | None:
         at = _field(der, at)[2]  # notBefore
         tag, start, end = _field(der, at)
         text = der[start:end].decode("ascii")
-        layout = {0x17: "%y%m%d%H%M%SZ", 0x18: "%Y%m%d%H%M%SZ"}[tag]  # UTCTime, GeneralizedTime
-        return float(calendar.timegm(time.strptime(text, layout)))
-    except (IndexError, KeyError, ValueError, binascii.Error, UnicodeDecodeError):
+        if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ: 50-99 are 1950-1999 (RFC 5280 §4.1.2.5.1)
+            text = ("19" if int(text[:2]) >= 50 else "20") + text
+        elif tag != 0x18:  # nor GeneralizedTime
+            return None
+        return float(calendar.timegm(time.strptime(text, "%Y%m%d%H%M%SZ")))
+    except (IndexError, ValueError, binascii.Error, UnicodeDecodeError):
         return None
 
 
