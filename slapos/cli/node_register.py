@@ -79,6 +79,7 @@ class Plan:
     key_file: Path
     cert_file: Path
     partition_pki: Path
+    state_dir: Path
     settings: dict[tuple[str, str], str]
     prefixes: list[tuple[str, str]]
 
@@ -107,7 +108,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
                          "(at most 128 characters)")
     plan = Plan(
         config=config, ssl_dir=ssl_dir, key_file=ssl_dir / "computer.key", cert_file=ssl_dir / "computer.crt",
-        partition_pki=ssl_dir / "partition_pki", settings={}, prefixes=[])
+        partition_pki=ssl_dir / "partition_pki", state_dir=state_dir, settings={}, prefixes=[])
     s = "slapos"
     plan.settings = {
         (s, "master_url"): args.master_url,
@@ -297,6 +298,10 @@ def run(args: argparse.Namespace) -> int:
     # traversable, not listable: each partition's user reaches its own 0600 files in partition_pki
     make_dirs(plan.ssl_dir, 0o711)
     make_dirs(plan.partition_pki, 0o711)
+    # the state directory holds the lock files, the computer definition and the logs the written
+    # configuration names: the next commands printed below must find them
+    make_dirs(plan.state_dir, 0o755)
+    make_dirs(plan.state_dir / "log", 0o750)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     kept = keep_former([plan.config, plan.key_file, plan.cert_file], stamp)
     write_new(plan.key_file, key, 0o600)

@@ -88,12 +88,16 @@ class Desired:
     def is_free(self) -> bool:
         return self.requested_state == DESTROYED and not self.software_release_url
 
-    def inputs(self, software_stamp: str = "") -> str:
-        """Digest of everything that, when changed, means the partition must be deployed again."""
+    def inputs(self, software_stamp: str = "", identity_stamp: str = "") -> str:
+        """Digest of everything that, when changed, means the partition must be deployed again.
+        `identity_stamp`: the node's own certificate (see Planner): a node registered again
+        fetches each partition's certificate again and writes it into the profile."""
         data = [self.timestamp, self.software_release_url, self.software_type, self.requested_state,
                 self.parameters, software_stamp]
         if self.master_url is not None:  # a new credential (upgraded proxy): write the profile again
             data.append(self.master_url)
+        if identity_stamp:  # absent without a certificate: the digest of a plain node is unchanged
+            data.append(identity_stamp)
         text = json.dumps(data, sort_keys=True, default=repr)
         return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:32]
 

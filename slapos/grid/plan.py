@@ -15,6 +15,7 @@ from slapos.base import tenantfs
 
 from . import backoff
 from .job import STARTED, Desired, Job, RunContext, Step, is_offline_error, log
+from .node_identity import identity_stamp
 from .partition import Partition, PartitionError, software_directory
 from .record import report_error
 
@@ -44,6 +45,7 @@ class Planner:
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self._software_cache: dict[str, tuple[str, int | None]] = {}
+        self.identity_stamp = identity_stamp(getattr(ctx.settings, "cert_file", None))
 
     def plan(self, desired: list[Desired]) -> list[Job]:
         ctx = self.ctx
@@ -70,7 +72,7 @@ class Planner:
                 report_error(d.handle, str(e))
                 continue
             stamp = self.software_stamp(d.software_release_url)
-            job = Job(d, partition, partition.load_state(), d.inputs(stamp))
+            job = Job(d, partition, partition.load_state(), d.inputs(stamp, self.identity_stamp))
             job.step = self.decide(job, now)
             if job.step is Step.WAIT:  # still failing: the run says so
                 failures = summary.promise_failed if job.state.status == "promise-error" else summary.failed

@@ -368,6 +368,8 @@ class ProxyApp:
             software_release, software_type, title, parameters, filter_kw, state, self.config.computer_id
         )
         with self.db.write() as conn:
+            if not header and req.identity.kind == "computer":  # a node's own client (TLS proxy)
+                join.require_own_tree(conn, req.identity, identity.caller(req.environ), title, filter_kw)
             if not header:  # a person's request: its own trees only, when identified by a certificate
                 users.claim_tree(conn, req.identity, req.environ, title)
             requester = allocation.identify(conn, *header) if header else allocation.Requester()

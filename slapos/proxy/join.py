@@ -10,6 +10,7 @@ import logging
 import time
 
 from . import allocation, ca, ownership
+from .access import Identity
 from .db import Database
 from .errors import BadRequest, Conflict, Forbidden
 from .wsgi import Request, Response
@@ -97,3 +98,22 @@ def partition_certificate(db: Database, authority: ca.CertificateAuthority, comp
         ca.record(conn, issued, "partition", computer_id, partition_id, credential_hash=current[0],
                   pem=(issued.certificate, issued.key))
     return {"certificate": issued.certificate, "key": issued.key}
+
+
+def require_own_tree(conn, identity: Identity, person: str | None, title: str, filter_kw: dict) -> None:
+    """A computer certificate requesting without a partition (`slapos request` with the node's
+    configuration) acts as a person kept to its computer: it places instances on that computer
+    only (filter `computer_guid` is set to it) and requests again only the trees it requested
+    (owner `cert:<computer>`): another node must not change, stop or destroy them by their title."""
+    computer_id = identity.computer_id
+    guid = filter_kw.get("computer_guid")
+    if guid not in (None, computer_id):
+        raise Forbidden(f"requesting an instance: the certificate of computer {computer_id} places instances on "
+                        f"that computer only, not on {guid}")
+    filter_kw["computer_guid"] = computer_id
+    owner = ownership.owner_of(conn, "instance", title)
+    exists = conn.execute("SELECT 1 FROM partition WHERE slap_state = 'busy' AND title = ? AND requested_by = ''",
+                          (title,)).fetchone()
+    if (owner is not None and owner != person) or (owner is None and exists is not None):
+        raise Forbidden(f"requesting an instance: {title!r} was not requested by computer {computer_id}: its "
+                        "certificate changes only the instances it requested")

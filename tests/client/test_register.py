@@ -130,6 +130,8 @@ def test_register_writes_the_configuration_key_and_certificate(tmp_path, master)
     assert mode(etc / "slapos.cfg") == 0o600
     assert mode(etc / "ssl") == 0o711
     assert mode(tmp_path / "node") == 0o750
+    # the state directory and its logs exist: `slapos node format` (printed next) opens its log there
+    assert mode(tmp_path / "node" / "var") == 0o755 and mode(tmp_path / "node" / "var" / "log") == 0o750
     key_text = (etc / "ssl" / "computer.key").read_text()
     assert "PRIVATE KEY" in key_text
     assert "slapos node format" in result.stdout

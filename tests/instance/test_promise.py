@@ -176,3 +176,6 @@ def test_plugins_are_given_only_written_certificates(partition, tmp_path):
     assert partition.write_certificate("CERT", "KEY")
     argv = runner(partition)._argv(plugin, "test")
     assert f"partition-cert={tmp_path / 'certs' / 'slappart0.crt'}" in argv
+    assert not any("master-ca-file" in arg for arg in argv)  # the system CAs
+    partition.settings.master_ca_file = tmp_path / "proxy-ca.crt"  # a TLS proxy's CA: a bang verifies it
+    assert f"master-ca-file={tmp_path / 'proxy-ca.crt'}" in runner(partition)._argv(plugin, "test")

@@ -287,6 +287,8 @@ class PromiseRunner:
         certs = p.certificate_files()  # only certificates that were written
         if certs:
             config["partition-cert"], config["partition-key"] = str(certs[0]), str(certs[1])
+        if s.master_ca_file:  # a bang to an https master signed by its own CA (a TLS proxy)
+            config["master-ca-file"] = str(s.master_ca_file)
         config["log-folder"] = str(p.path / ".slapgrid" / "promise" / "log")
         # run as a file, not `-m`: nothing of our `slapos` package is imported before the plugin,
         # so that a plugin putting its release's eggs first gets the release's `slapos.*` modules

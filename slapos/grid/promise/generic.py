@@ -13,7 +13,7 @@ an ERROR or CRITICAL line means trouble) and may override `test()` / `anomaly()`
   the file `getLastPromiseResultList` reads back; without it, lines stay in memory), `debug`,
   `periodicity` (minutes, default 2), `bang-on-failure`;
 * everything else (`partition-id`, `computer-id`, `master-url`, `partition-cert`,
-  `partition-key`, the plugin's `extra_config_dict`) is read with `getConfig(key, default)`.
+  `partition-key`, `master-ca-file`, the plugin's `extra_config_dict`) is read with `getConfig(key, default)`.
 
 `run(check_anomaly, can_bang)` senses, asks `test()` or `anomaly()` for the verdict (an exception
 or `None` is a failure carrying its text), and puts one `PromiseQueueResult` on the queue: an
@@ -324,7 +324,8 @@ class GenericPromise(abc.ABC):
 
         slap = slapos.slap.slap()
         slap.initializeConnection(self.__config["master-url"], self.__config.get("partition-key"),
-                                  self.__config.get("partition-cert"))
+                                  self.__config.get("partition-cert"),
+                                  master_ca_file=self.__config.get("master-ca-file"))
         slap.registerComputerPartition(self.__config["computer-id"], self.__config["partition-id"]).bang(message)
         self.logger.info("Bang with message %r.", message)
 

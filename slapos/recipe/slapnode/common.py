@@ -155,6 +155,7 @@ _CONNECTION_KEYS = {
     "software-release-url": (),
     "key-file": ("key",),
     "cert-file": ("cert",),
+    "master-ca-file": (),
     "requested-state": (),
 }
 
@@ -171,6 +172,8 @@ class SlapConnection:
     software_release_url: str = ""
     key_file: str = ""
     cert_file: str = ""
+    # the CA verifying an https master (a TLS proxy's own CA): without it the system CAs are used
+    master_ca_file: str = ""
     requested_state: str = "started"
 
     @classmethod
@@ -205,7 +208,8 @@ class SlapConnection:
         with slap_errors(recipe, f"connecting to the master {self.server_url}"):
             connection = slap.slap()
             connection.initializeConnection(
-                self.server_url, key_file=self.key_file or None, cert_file=self.cert_file or None
+                self.server_url, key_file=self.key_file or None, cert_file=self.cert_file or None,
+                master_ca_file=self.master_ca_file or None,
             )
             return connection.registerComputerPartition(self.computer_id, self.partition_id)
 
