@@ -46,9 +46,10 @@ def arguments(parser: argparse.ArgumentParser) -> None:
                              "the certificate and key go to ssl/ beside it")
     parser.add_argument("--master-url", "--master_url", dest="master_url", default=DEFAULT_MASTER_URL, metavar="URL",
                         help=f"SLAP URL of the master, written into slapos.cfg (default: {DEFAULT_MASTER_URL})")
-    parser.add_argument("--master-url-web", "--master_url_web", dest="master_url_web", default=DEFAULT_MASTER_URL_WEB,
+    parser.add_argument("--master-url-web", "--master_url_web", dest="master_url_web", default=None,
                         metavar="URL", help="web URL of the master, where the token is exchanged for the "
-                                            f"computer's certificate (default: {DEFAULT_MASTER_URL_WEB})")
+                                            "computer's certificate (default: --master-url when it is given, "
+                                            f"else {DEFAULT_MASTER_URL_WEB})")
     parser.add_argument("--master-ca-file", "--master_ca_file", dest="master_ca_file", metavar="FILE",
                         help="CA certificate verifying the master (written into slapos.cfg; default: the system CAs)")
     parser.add_argument("--interface-name", "--interface_name", dest="interface_name", default="lo",
@@ -100,6 +101,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     except ValueError:
         raise UsageError(f"--ipv4-local-network {args.ipv4_local_network!r} is not a network (e.g. 10.0.0.0/16)") \
             from None
+    if args.master_url_web is None:
+        # a token meant for the master the user named must never travel to the public one
+        args.master_url_web = DEFAULT_MASTER_URL_WEB if args.master_url == DEFAULT_MASTER_URL else args.master_url
     for name, value in (("--master-url", args.master_url), ("--master-url-web", args.master_url_web)):
         if not re.match(r"^https?://[^\s/]", value or ""):
             raise UsageError(f"{name} {value!r} is not an http(s) URL")

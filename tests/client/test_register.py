@@ -211,3 +211,14 @@ def test_usage_errors(tmp_path, master):
     result = register(tmp_path, master, "--ipv4-local-network", "nope")
     assert result.returncode == 5 and "is not a network" in one_line_error(result)
     assert master.calls == []
+
+
+def test_the_token_goes_to_the_master_named_when_no_web_url_is_given(tmp_path, master):
+    # a token for our own master must never be posted to the public SlapOS master's web site
+    root = tmp_path / "node"
+    args = ["node", "register", "edge-9", "--token", "token-1", "--cfg", str(root / "etc" / "slapos.cfg"),
+            "--master-url", master.url, "--software-root", str(root / "soft"),
+            "--instance-root", str(root / "srv"), "--state-dir", str(root / "var")]
+    result = subprocess.run(slapos_argv(*args), capture_output=True, text=True, timeout=60, env=client_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert [call["path"] for call in master.calls] == ["/Person_requestComputer"]
