@@ -1,0 +1,48 @@
+"""`slapos node run` against a master it polls (`--poll`: any SLAP master without push)."""
+from __future__ import annotations
+
+from tests.conftest import wait_for
+from tests.fixtures.proxy import free_port
+from tests.instance.test_instance import fetch, running
+
+
+def test_polling_daemon_deploys_changes_and_stops_cleanly(daemon_node):
+    node, start = daemon_node(partitions=2)
+    url = node.install("web")
+    port, other_port = free_port(), free_port()
+    daemon = start("--poll")
+    web = node.request(url, "web", {"port": str(port), "message": "first"})
+    other = node.request(url, "other", {"port": str(other_port), "message": "other"})
+    # request → running, without any command by hand
+    assert wait_for(lambda: _get(port), timeout=60, what="the web service").strip() == "first"
+    assert fetch(other_port).strip() == "other"
+    running(node, other, "http-on-watch")
+    attempt = wait_for(lambda: node.partition(other).load_state().last_attempt, what="the other's state")
+
+    # parameter change → only that partition redeployed
+    node.request(url, "web", {"port": str(port), "message": "second"})
+    wait_for(lambda: (_get(port) or "").strip() == "second", timeout=30, what="the new message")
+    assert node.buildout_runs(web) == 2 and node.buildout_runs(other) == 1
+    assert node.partition(other).load_state().last_attempt == attempt  # not processed again
+
+    status = daemon.status()
+    assert status["schema"] == "slapnode.status/1" and status["source"] == "daemon"
+    assert status["daemon"]["master"]["mode"] == "polling"
+    assert status["daemon"]["runs"]["instance"]["last_run"]["exit_code"] == 0
+    assert {p["partition"]: p["status"] for p in status["partitions"]}[web] == "ok"
+
+    # SIGTERM → exit 0, its lock and socket gone, the services left running
+    assert daemon.stop() == 0, daemon.log()[-3000:]
+    assert not daemon.socket.exists()
+    assert not (node.root / "var" / "slapos-node-run.pid").exists()
+    assert not (node.root / "var" / "slapgrid-cp.pid").exists()
+    assert fetch(port).strip() == "second"
+
+
+def _get(port: int) -> str | None:
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
+    except OSError:
+        return None
