@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 
 from slapos.slap import wire
 
-from . import access, allocation, ca, computers, documents, identity, join, ownership
+from . import access, allocation, ca, computers, documents, identity, join, ownership, watch
 from .access import ANONYMOUS, OPEN, Identity, require_node, require_partition
 from .cache import CacheServer
 from .config import ProxyConfig
@@ -75,6 +75,9 @@ class ProxyApp:
         with self.db.write() as conn:  # busy partitions of a database from before credentials
             access.issue_missing(conn)
         self.run_id = new_run_id()
+        # /watchComputer: a watch holds one of the server's threads, so at most half of them wait
+        self.watch = watch.ChangeFeed(self.run_id, config.threads // 2)
+        self.watch.attach(self.db)
         self.mounts: list[tuple[str, Callable]] = []
         # binary cache for nodes (slapos node software); answers 503 until configured
         self.mount("/shacache", CacheServer(
@@ -120,6 +123,7 @@ class ProxyApp:
             "Person_requestComputer": (post, self.request_computer),
             # proxy only
             "getRunId": (get, lambda req: text(self.run_id)),
+            "watchComputer": (get, lambda req: watch.handle(self.watch, req)),
             "getHateoasUrl": (get, self.hateoas_url),
             "hateoas": (get, lambda req: Response(b"", "308 Permanent Redirect", headers=(("Location", "/hateoas/"),))),
             "reportNodeStatus": (post, self.node_status_report),
@@ -135,11 +139,13 @@ class ProxyApp:
             "metrics": (get, ops.metrics_text),
         }
         self.requests = RequestMetrics(set(self.routes) | {"shacache"})  # .worker set by server.py
+        self.requests.extra.append(self.watch.families)
 
     def mount(self, prefix: str, app: Callable) -> None:
         self.mounts.append(("/" + prefix.strip("/") + "/", app))
 
     def close(self) -> None:
+        self.watch.close()
         self.db.close()
 
     # -- WSGI ------------------------------------------------------------------------------------

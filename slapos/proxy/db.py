@@ -20,7 +20,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -170,6 +170,10 @@ class Database:
         self._write_lock = threading.Lock()
         # bumped after each committed write that changes what nodes or clients see
         self._generation = 0
+        # run on each new connection, and at the end of each write() (True: committed); the
+        # change feed of /watchComputer (slapos/proxy/watch.py) installs its triggers with them
+        self._connect_hooks: list[Callable[[sqlite3.Connection], None]] = []
+        self._end_hooks: list[Callable[[bool], None]] = []
 
     @property
     def generation(self) -> int:
@@ -219,10 +223,21 @@ class Database:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
-            self._local.conn = conn
             with self._connections_lock:
+                for hook in self._connect_hooks:
+                    hook(conn)
                 self._connections.append(conn)
+            self._local.conn = conn
         return conn
+
+    def add_hooks(self, on_connect: Callable[[sqlite3.Connection], None], on_end: Callable[[bool], None]) -> None:
+        """`on_connect(conn)` for every connection (those open now too, before any other thread
+        uses them: call this at start-up), `on_end(committed)` after each write transaction."""
+        with self._connections_lock:
+            self._connect_hooks.append(on_connect)
+            self._end_hooks.append(on_end)
+            for conn in self._connections:
+                on_connect(conn)
 
     def close(self) -> None:
         with self._connections_lock:
@@ -249,11 +264,15 @@ class Database:
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                for hook in self._end_hooks:
+                    hook(False)
                 raise
             # a repeated request that changes nothing keeps the cached documents valid; the
             # bump comes after COMMIT (a reader reads the generation before its snapshot)
             if documents and conn.total_changes != before:
                 self._bump()
+            for hook in self._end_hooks:  # after the bump: a woken node reads the new documents
+                hook(True)
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

@@ -11,6 +11,7 @@ import bisect
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 
 from slapos.base.promtext import Family, render
 
@@ -31,6 +32,8 @@ class RequestMetrics:
         # endpoint → [bucket counts..., +Inf count], sum of seconds
         self._buckets: dict[str, list[int]] = {}
         self._sums: dict[str, float] = {}
+        # more in-process families rendered with these (the watches of slapos/proxy/watch.py)
+        self.extra: list[Callable[[], list[Family]]] = []
 
     def label(self, endpoint: str) -> str:
         if endpoint == "":
@@ -71,7 +74,7 @@ class RequestMetrics:
             latency.add(cumulative, "_count", endpoint=endpoint, **extra)
         start = Family("slapproxy_start_time_seconds", "gauge", "When this proxy process started (Unix time)")
         start.add(self.started, **extra)
-        return [requests, latency, start]
+        return [requests, latency, start, *(family for source in self.extra for family in source())]
 
 
 # what the node said last: 'error' when its last error is newer than its last state report

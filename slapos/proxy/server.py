@@ -120,9 +120,11 @@ def serve(config: ProxyConfig, on_ready: Callable[[str], None] | None = None) ->
     url = url_of(config.host, server.effective_port, config.tls)
 
     def stop(signum, frame):  # waitress' loop ends on SystemExit and shuts its threads down
+        app.watch.close()  # waiting watches answer now: waitress waits for busy threads
         raise SystemExit(0)
 
     previous = signal.signal(signal.SIGTERM, stop)
+    previous_int = signal.signal(signal.SIGINT, stop)
     try:
         log.info(
             "slapproxy listening on %s (database %s, computer %s, %d threads, access %s)",
@@ -138,6 +140,7 @@ def serve(config: ProxyConfig, on_ready: Callable[[str], None] | None = None) ->
             server.run()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         if config.tls:
             server.server_close()
         else:
@@ -173,6 +176,7 @@ class BackgroundServer:
 
         if self._stop.is_set():
             return
+        self.app.watch.close()  # waiting watches answer now, before the threads are stopped
         self._stop.set()
         self._thread.join(10)
         self.server.task_dispatcher.shutdown()
