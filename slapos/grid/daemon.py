@@ -349,7 +349,9 @@ class Daemon:
         with self.cond:
             if self.stopping:
                 return EXIT_LOCKED
-            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)  # its output goes where ours goes
+            # its output goes where ours goes; it gets SIGTERM if we die (kill -9 included): it then
+            # stops its builds and exits as on `systemctl stop`, instead of building on unseen
+            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent())
             self.children[kind] = child
         try:
             code = child.wait()
@@ -384,3 +386,21 @@ class Daemon:
                 }
             return {"pid": os.getpid(), "started": self.started, "stopping": self.stopping, "kinds": kinds,
                     "master": self.watcher.snapshot()}
+
+
+def _die_with_parent():
+    """A preexec_fn asking the kernel to send SIGTERM to the child when this thread ends
+    (prctl PR_SET_PDEATHSIG; Linux only: elsewhere, nothing)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def set_death_signal() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return set_death_signal

@@ -70,11 +70,8 @@ class Watcher:
         return self._connection
 
     def _loop(self) -> None:
-        try:
-            from slapos.slap.watch import WatchUnsupported, watch_computer
-        except ImportError:  # a build without the push client: poll
-            self._set_polling("this build has no push client")
-            return
+        from slapos.slap.watch import WatchUnsupported, watch_computer
+
         delay = 1.0
         while not self._stop.is_set():
             try:
