@@ -8,10 +8,13 @@ import subprocess
 import sys
 
 from tests.conftest import wait_for
+from tests.fixtures.proxy import free_port
 from tests.instance.conftest import REPO
 from tests.instance.test_instance import running
 from tests.software.conftest import software_dir, software_states
 from tests.software.test_node_software import _alive, _slow_release
+
+from .test_daemon_poll import _get
 
 
 def _gone(pid: int) -> bool:
@@ -45,22 +48,31 @@ def test_sigkill_mid_instance_build_then_next_start_converges(daemon_node):
     assert again.stop() == 0
 
 
-def test_sigkill_mid_software_build_then_next_start_converges(daemon_node, tmp_path):
-    node, start = daemon_node(partitions=1, extra={"run_software_period": "1", "run_instance_period": "0"})
-    url = _slow_release(tmp_path / "slow")
-    node.proxy.connect().registerSupply().supply(url, node.computer_id)
-    path = software_dir(node, url)
-    daemon = start("--poll")
+def test_long_build_does_not_hold_back_instances_and_sigkill_mid_build_converges(daemon_node, tmp_path):
+    node, start = daemon_node(partitions=1, extra={"run_software_period": "1", "run_instance_period": "3600"})
+    slow = _slow_release(tmp_path / "slow")
+    node.proxy.connect().registerSupply().supply(slow, node.computer_id)
+    path = software_dir(node, slow)
+    daemon = start()  # push mode: the instance pass below is started by the master's change
     wait_for(lambda: (path / "started").exists(), timeout=60, what="the slow build")
     builder = int((path / "started").read_text())
+
+    # a partition whose release is there deploys while the long build goes on
+    web_url = node.install("web")
+    port = free_port()
+    node.request(web_url, "web", {"port": str(port), "message": "not held back"})
+    assert wait_for(lambda: _get(port), timeout=30, what="the web service").strip() == "not held back"
+    assert _alive(builder) and daemon.status()["daemon"]["runs"]["software"]["running"]
+
     os.kill(daemon.process.pid, signal.SIGKILL)  # no cleanup possible by the daemon itself
     daemon.process.wait(10)
     # its child `slapos node software` is told by the kernel (parent death signal) and stops the build
     wait_for(lambda: _gone(builder), timeout=30, what="the orphaned build stopped")
 
     (path / "skip").write_text("")  # the rebuild goes through the slow part at once
-    again = start("--poll", log_name="daemon2.log")
+    again = start(log_name="daemon2.log")
     wait_for(lambda: (path / ".completed").exists(), timeout=120, what="the release built")
-    wait_for(lambda: software_states(node.proxy.database)[url]["reported"] == "available", timeout=30,
+    wait_for(lambda: software_states(node.proxy.database)[slow]["reported"] == "available", timeout=30,
              what="reported available")
+    assert _get(port).strip() == "not held back"
     assert again.stop() == 0
