@@ -6,15 +6,22 @@ contrib/supervisord/slapos-node.conf are the same text for the default paths.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
+from slapos.base.errors import SlapOSError
+
+SYSTEMD_UNIT = Path("/etc/systemd/system/slapos-node.service")
+SYSTEMD_RUNNING = Path("/run/systemd/system")  # present when systemd is the running init
 DEFAULT_CFG = Path("/etc/opt/slapos/slapos.cfg")
 DEFAULT_EXECUTABLE = "/usr/local/bin/slapos"
 
 SYSTEMD = """\
 # `slapos node run` as a systemd service: /etc/systemd/system/slapos-node.service (docs/daemon.md).
 # It replaces the cron block (/etc/cron.d/slapos-node) and the slapos-node-*.timer units: remove or
-# disable them first; both at once would only make one of them skip its runs (exit 10).
+# disable them first (keep its @reboot line); both at once would only make one of them skip its runs.
 [Unit]
 Description=slapos node run: the node's reconcile loop (software, instance, report, collect, format)
 After=network-online.target slapos-proxy.service
@@ -27,7 +34,7 @@ ExecStart={executable} node run --cfg {cfg}
 ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=5
-# 5: bad configuration; 10: another `slapos node run` holds its lock: restarting would not help
+# 5: usage error or not root; 10: another `slapos node run` holds its lock: a restart would not help
 RestartPreventExitStatus=5 10
 # SIGTERM: the running instance pass finishes (at most [slapos] run_stop_timeout, default 60 s)
 TimeoutStopSec=90
@@ -69,3 +76,36 @@ def service_text(kind: str, cfg: Path | None = None, executable: str | None = No
         executable = slapos_executable()
     template = SYSTEMD if kind == "systemd" else SUPERVISORD
     return template.format(executable=executable, cfg=cfg or DEFAULT_CFG)
+
+
+def install_daemon(cfg: Path, log_dir: Path, start: bool = True) -> list[str]:
+    """`slapos configure local --install-daemon` (as root): write the systemd unit, leave only the
+    @reboot line in the cron block (the daemon and the periodic cron lines must not both run), then
+    enable and start the unit when systemd runs. Returns the lines to print."""
+    from . import cron
+    from .standalone import crontab_lines
+
+    text = service_text("systemd", cfg)
+    tmp = SYSTEMD_UNIT.with_name(f".{SYSTEMD_UNIT.name}.tmp")
+    try:
+        SYSTEMD_UNIT.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, SYSTEMD_UNIT)
+    except OSError as e:
+        raise SlapOSError(f"cannot write {SYSTEMD_UNIT}: {e.strerror}") from None
+    boot_only = [line for line in crontab_lines(cfg, log_dir) if "=" in line.split()[0] or line.startswith("@reboot")]
+    where = cron.install(boot_only)
+    lines = [f"\nsystemd unit written: {SYSTEMD_UNIT}", f"cron block in {where}: only the @reboot line kept"]
+    commands = [["systemctl", "daemon-reload"], ["systemctl", "enable", *(["--now"] if start else []), SYSTEMD_UNIT.name]]
+    if SYSTEMD_RUNNING.is_dir() and shutil.which("systemctl"):
+        for command in commands:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                raise SlapOSError(f"`{' '.join(command)}` failed: {done.stderr.strip() or done.returncode}")
+        lines.append(f"{SYSTEMD_UNIT.name} enabled{' and started' if start else ''}: slapos node status --daemon")
+    else:
+        lines.append("systemd is not running here; start the daemon with: " + " && ".join(" ".join(c) for c in commands)
+                     + f" (or run `slapos node run --cfg {cfg}` under your supervisor)")
+    return lines
