@@ -128,8 +128,9 @@ class Daemon:
         self.kinds = {k: Kind(k, config.periods[k]) for k in KINDS}
         self.children: dict[str, subprocess.Popen] = {}
         self._threads: dict[str, threading.Thread] = {}
-        self._main_wake = threading.Event()
+        # signal handlers only append and write a byte: no lock is taken in a handler
         self._signals: list[int] = []
+        self._wake_read, self._wake_write = os.pipe()
         from .daemon_watch import Watcher
 
         self.watcher = Watcher(self, enabled=watch)
@@ -157,7 +158,7 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._signals.append(signal.SIGTERM)
-        self._main_wake.set()
+        os.write(self._wake_write, b"!")
 
     # -- the main thread ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -178,8 +179,7 @@ class Daemon:
                 thread.start()
             self.watcher.start()
             while True:
-                self._main_wake.wait()
-                self._main_wake.clear()
+                os.read(self._wake_read, 64)  # blocks until a signal (PEP 475 retries the read)
                 while self._signals:
                     signum = self._signals.pop(0)
                     if signum == signal.SIGHUP:
@@ -195,7 +195,7 @@ class Daemon:
     def _install_signals(self) -> None:
         def handler(signum, _frame):  # only note it: the main thread acts outside the handler
             self._signals.append(signum)
-            self._main_wake.set()
+            os.write(self._wake_write, b"!")
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, handler)

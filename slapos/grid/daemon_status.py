@@ -153,6 +153,11 @@ class StatusServer:
         previous = os.umask(0o177)  # created 0600: no window where others may connect
         try:
             self._server = _Server(str(self.path), _Handler)
+        except OSError as e:
+            from slapos.base.errors import ConfigError
+
+            raise ConfigError(f"cannot serve the daemon's status on {self.path}: {e.strerror or e}; "
+                              "set [slapos] run_status_socket to a shorter or writable path") from None
         finally:
             os.umask(previous)
         os.chmod(self.path, 0o600)
