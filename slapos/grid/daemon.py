@@ -311,6 +311,13 @@ class Daemon:
     def _run(self, kind: str, todo: Pass) -> int:
         if kind == "instance":
             return self._instance(todo)
+        if kind == "software":
+            before = _completed_stamps(self.settings.software_root)
+            code = self._child(kind, todo)
+            if _completed_stamps(self.settings.software_root) != before:
+                # a release was (re)built: its partitions, failed or waiting for it, deploy now
+                self.wake("instance")
+            return code
         if kind in CHILD_KINDS:
             return self._child(kind, todo)
         from . import node_runs
@@ -428,6 +435,23 @@ class KeptForkServer:
         if self.server is not None:
             self.server.close()
         self.server = None
+
+
+def _completed_stamps(software_root: Path) -> dict[str, int]:
+    """{release directory: mtime of its .completed}: what a software pass changed (lstat only:
+    the software user owns these directories, nothing there is followed)."""
+    stamps = {}
+    try:
+        entries = list(os.scandir(software_root))
+    except OSError:
+        return stamps
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                stamps[entry.name] = os.lstat(os.path.join(entry.path, ".completed")).st_mtime_ns
+        except OSError:
+            continue
+    return stamps
 
 
 def _die_with_parent():

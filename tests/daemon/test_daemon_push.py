@@ -116,3 +116,18 @@ def _restart(proxy):
         assert proxy.process.poll() is None and time.monotonic() < deadline, proxy.log()[-2000:]
         time.sleep(0.05)
     return proxy
+
+
+def test_release_built_then_its_partition_deploys_at_once(daemon_node):
+    """A partition requested before its release is built fails (back-off: a minute); the software
+    pass that builds the release starts an instance pass, so it deploys in seconds."""
+    node, start = daemon_node(partitions=1, extra={**PUSH_ONLY, "run_software_period": "3600"})
+    daemon = start()
+    wait_for(lambda: daemon.status()["daemon"]["master"]["mode"] == "push", what="push mode")
+    release = str(REPO / "software-release" / "hello-web" / "software.cfg")
+    node.proxy.connect().registerSupply().supply(release, node.computer_id)
+    port = free_port()
+    node.request(release, "hello", {"port": str(port), "message": "built and deployed"})
+    answer = wait_for(lambda: _get(port), timeout=45, what="hello-web (well before the 60 s back-off)")
+    assert answer.strip().startswith("built and deployed")
+    assert daemon.stop() == 0
