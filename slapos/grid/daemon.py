@@ -56,6 +56,7 @@ class DaemonConfig:
     status_socket: Path = Path("/opt/slapos/slapos-node-run.sock")
     pidfile: Path = Path("/opt/slapos/slapos-node-run.pid")
     instance_jobs: int = 1
+    log_directory: Path | None = None  # run_log_directory: one file per command, as under cron
 
     @classmethod
     def from_config(cls, config, settings) -> DaemonConfig:
@@ -74,6 +75,7 @@ class DaemonConfig:
             status_socket=config.get_path("slapos", "run_status_socket", None) or run_dir / "slapos-node-run.sock",
             pidfile=config.get_path("slapos", "pidfile_run", None) or run_dir / "slapos-node-run.pid",
             instance_jobs=max(1, config.get_int("slapos", "instance_jobs", 1)),
+            log_directory=config.get_path("slapos", "run_log_directory", None),
         )
 
 
@@ -162,12 +164,16 @@ class Daemon:
 
     # -- the main thread ------------------------------------------------------------------------------
     def run(self) -> int:
+        from .daemon_logs import close_command_logs, open_command_logs
         from .daemon_status import StatusServer
         from .lock import RunLock
 
         lock = RunLock(self.config.pidfile, "slapos node run").acquire()  # LockedError: exit 10
         server = None
+        logs = []
         try:
+            if self.config.log_directory is not None:
+                logs = open_command_logs(self.config.log_directory)
             server = StatusServer(self, self.config.status_socket)
             server.start()
             self._install_signals()
@@ -190,6 +196,7 @@ class Daemon:
         finally:
             if server is not None:
                 server.stop()
+            close_command_logs(logs)
             lock.release()
 
     def _install_signals(self) -> None:
@@ -362,7 +369,18 @@ class Daemon:
                 return EXIT_LOCKED
             # its output goes where ours goes; it gets SIGTERM if we die (kill -9 included): it then
             # stops its builds and exits as on `systemctl stop`, instead of building on unseen
-            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent())
+            output = None  # ours, unless run_log_directory: its file, as cron's `>> file 2>&1`
+            if self.config.log_directory is not None:
+                from .daemon_logs import log_path
+
+                output = open(log_path(self.config.log_directory, kind), "ab")
+            try:
+                child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output,
+                                         stderr=subprocess.STDOUT if output else None,
+                                         preexec_fn=_die_with_parent())
+            finally:
+                if output is not None:
+                    output.close()
             self.children[kind] = child
         try:
             code = child.wait()

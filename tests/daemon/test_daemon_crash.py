@@ -49,7 +49,9 @@ def test_sigkill_mid_instance_build_then_next_start_converges(daemon_node):
 
 
 def test_long_build_does_not_hold_back_instances_and_sigkill_mid_build_converges(daemon_node, tmp_path):
-    node, start = daemon_node(partitions=1, extra={"run_software_period": "1", "run_instance_period": "3600"})
+    logs = tmp_path / "logs"
+    node, start = daemon_node(partitions=1, extra={"run_software_period": "1", "run_instance_period": "3600",
+                                                   "run_log_directory": str(logs)})
     slow = _slow_release(tmp_path / "slow")
     node.proxy.connect().registerSupply().supply(slow, node.computer_id)
     path = software_dir(node, slow)
@@ -75,4 +77,5 @@ def test_long_build_does_not_hold_back_instances_and_sigkill_mid_build_converges
     wait_for(lambda: software_states(node.proxy.database)[slow]["reported"] == "available", timeout=30,
              what="reported available")
     assert _get(port).strip() == "not held back"
+    assert "[slow " in (logs / "slapos-node-software.log").read_text()  # the child's output, as under cron
     assert again.stop() == 0

@@ -6,8 +6,9 @@ from tests.fixtures.proxy import free_port
 from tests.instance.test_instance import fetch, running
 
 
-def test_polling_daemon_deploys_changes_and_stops_cleanly(daemon_node):
-    node, start = daemon_node(partitions=2)
+def test_polling_daemon_deploys_changes_and_stops_cleanly(daemon_node, tmp_path):
+    logs = tmp_path / "logs"
+    node, start = daemon_node(partitions=2, extra={"run_log_directory": str(logs), "run_collect_period": "1"})
     url = node.install("web")
     port, other_port = free_port(), free_port()
     daemon = start("--poll")
@@ -37,6 +38,11 @@ def test_polling_daemon_deploys_changes_and_stops_cleanly(daemon_node):
     assert not (node.root / "var" / "slapos-node-run.pid").exists()
     assert not (node.root / "var" / "slapgrid-cp.pid").exists()
     assert fetch(port).strip() == "second"
+    # run_log_directory: each command's lines in the cron block's files, as well as the daemon's output
+    instance_log = (logs / "slapos-node-instance.log").read_text()
+    assert f"{web}: running buildout" in instance_log and f"{other}: running buildout" in instance_log
+    assert "collect:" not in instance_log and "sampled" in (logs / "slapos-node-collect.log").read_text()
+    assert f"{web}: running buildout" in daemon.log()
 
 
 def _get(port: int) -> str | None:
