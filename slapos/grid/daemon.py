@@ -458,7 +458,7 @@ class KeptForkServer:
 def _completed_stamps(software_root: Path) -> dict[str, int]:
     """{release directory: mtime of its .completed}: what a software pass changed (lstat only:
     the software user owns these directories, nothing there is followed)."""
-    stamps = {}
+    stamps: dict[str, int] = {}
     try:
         entries = list(os.scandir(software_root))
     except OSError:

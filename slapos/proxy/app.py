@@ -75,8 +75,9 @@ class ProxyApp:
         with self.db.write() as conn:  # busy partitions of a database from before credentials
             access.issue_missing(conn)
         self.run_id = new_run_id()
-        # /watchComputer: a watch holds one of the server's threads, so at most half of them wait
-        self.watch = watch.ChangeFeed(self.run_id, config.threads // 2)
+        # /watchComputer: a watch holds one of waitress' threads, so at most half of them wait (none
+        # with one thread: it would hold every other call back); the TLS server has a thread per connection
+        self.watch = watch.ChangeFeed(self.run_id, max(1 if config.tls else 0, config.threads // 2))
         self.watch.attach(self.db)
         self.mounts: list[tuple[str, Callable]] = []
         # binary cache for nodes (slapos node software); answers 503 until configured

@@ -40,7 +40,15 @@ CAPACITY = 4096  # changes kept in memory (a few hundred kB at most)
 MAX_CHANGES = 512  # distinct changes in one answer; more answers `reset` (a full reconcile is cheaper)
 MIN_TIMEOUT, MAX_TIMEOUT, DEFAULT_TIMEOUT = 1.0, 55.0, 30.0
 RETRY_AFTER = 5  # seconds a watcher refused for want of room waits before asking again
+# waiting watches of one computer: its node needs one (two while a restarted node's old watch
+# still waits); a node cannot take every place from the others
+MAX_PER_COMPUTER = 2
 MAX_CURSOR = 80
+# a change names at most this much (a software release URL is not bounded by the protocol): a
+# longer one is logged as a change of the whole computer, so neither the log nor an answer grows
+# with what a caller sends
+MAX_NAME = 2048
+MAX_ANSWER = 256 * 1024  # bytes of one answer; a larger one answers reset instead
 JSON = "application/json"
 
 # TEMP triggers: they live in this connection only; the database file is never changed (another
@@ -80,11 +88,12 @@ class ChangeFeed:
 
     def __init__(self, run_id: str, max_waiters: int, capacity: int = CAPACITY):
         self.run_id = run_id
-        self.max_waiters = max(1, max_waiters)
+        self.max_waiters = max(0, max_waiters)  # 0: every watch is answered at once (retry_after)
         self._cond = threading.Condition()
         self._log: deque[tuple[int, Change]] = deque(maxlen=capacity)
         self._seq = 0
         self._waiting = 0
+        self._waiting_by_computer: dict[str, int] = {}
         self._closed = False
         self._pending = threading.local()  # what this thread's open transaction changed
         self.answered: dict[str, int] = {k: 0 for k in ("change", "timeout", "reset", "busy", "shutdown")}
@@ -96,19 +105,22 @@ class ChangeFeed:
     # -- feeding ------------------------------------------------------------------------------------
     def attach(self, db) -> None:
         """Install the triggers on every connection of `db` (now and later) and publish at commit."""
-        db.add_hooks(self._install, self._end)
+        db.add_hooks(self.install, self._end)
 
-    def _install(self, conn: sqlite3.Connection) -> None:
+    def install(self, conn: sqlite3.Connection) -> None:
+        """The triggers and their function on one connection (`attach` does it for all)."""
         conn.create_function("slapnode_watch", 3, self._saw)
         for statement in TRIGGERS:
             conn.execute(statement)
 
     def _saw(self, kind: str, computer: str | None, name: str | None) -> None:
-        if computer is None:
-            return
         pending = getattr(self._pending, "changes", None)
         if pending is None:
             pending = self._pending.changes = []
+        if computer is None or len(computer) > MAX_NAME:
+            return  # no node can watch it: watchComputer refuses such a computer id
+        if name and len(name) > MAX_NAME:
+            kind, name = "computer", ""
         pending.append(Change(kind, computer, name or ""))
 
     def _end(self, committed: bool) -> None:
@@ -165,9 +177,11 @@ class ChangeFeed:
                 return self._answer("reset", self._seq, reset=True)
             changes = self._since(seq, computer)
             if not changes and not self._closed:
-                if self._waiting >= self.max_waiters:
+                mine = self._waiting_by_computer.get(computer, 0)
+                if self._waiting >= self.max_waiters or mine >= MAX_PER_COMPUTER:
                     return self._answer("busy", seq, retry_after=RETRY_AFTER)
                 self._waiting += 1
+                self._waiting_by_computer[computer] = mine + 1
                 try:
                     scanned = self._seq
                     while not changes and not self._closed:
@@ -181,6 +195,9 @@ class ChangeFeed:
                         changes, scanned = self._since(scanned, computer), self._seq
                 finally:
                     self._waiting -= 1
+                    left = self._waiting_by_computer.pop(computer) - 1
+                    if left:
+                        self._waiting_by_computer[computer] = left
             if len(changes) > MAX_CHANGES:
                 return self._answer("reset", self._seq, reset=True)
             if changes:
@@ -233,6 +250,12 @@ def handle(feed: ChangeFeed, req: Request) -> Response:
     watch it (the node, anyone on an open proxy, that computer's certificate)."""
     computer_id = req.reference("computer_id")
     require_node(req.identity, req.endpoint, computer_id)  # as getFullComputerInformation
+    if len(computer_id) > MAX_NAME:
+        raise BadRequest(f"field 'computer_id' of {req.endpoint} is longer than {MAX_NAME} characters")
     timeout = timeout_field(req)
     answer = feed.watch(computer_id, req.fields.get("cursor") or None, timeout)
-    return Response(json.dumps(answer, separators=(",", ":")).encode("utf-8"), content_type=JSON)
+    body = json.dumps(answer, separators=(",", ":")).encode("utf-8")
+    if len(body) > MAX_ANSWER:  # (512 long names escaped): the node reconciles everything instead
+        answer.update(reset=True, changes=[])
+        body = json.dumps(answer, separators=(",", ":")).encode("utf-8")
+    return Response(body, content_type=JSON)

@@ -19,11 +19,15 @@ import weakref
 from dataclasses import dataclass, field
 
 from .connection import Connection
-from .exceptions import BadRequestError, NotFoundError, SlapException
+from .exceptions import BadRequestError, NotFoundError, ServerError, SlapException
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (as slapos.slap does)
+if TYPE_CHECKING:  # pragma: no cover
+    from .objects import slap
 
 SCHEMA = "slapnode.watch/1"
 READ_MARGIN = 15.0  # seconds beyond the poll's timeout before the answer counts as lost
-MAX_BODY = 1 << 20  # an answer is a few kB; refuse to decode more
+MAX_BODY = 1 << 20  # an answer is a few kB (at most MAX_CHANGES of them); refuse more
 MAX_CHANGES = 4096
 MAX_TEXT = 4096  # a cursor, a partition reference, a software release URL
 KINDS = ("partition", "software", "computer")
@@ -64,6 +68,7 @@ def _long_poll_connection(connection: Connection, read_timeout: float) -> Connec
     sibling = Connection(connection.master_url, key_file=connection.key_file, cert_file=connection.cert_file,
                          master_ca_file=connection.master_ca_file, timeout=read_timeout,
                          insecure=connection.insecure)
+    sibling.transport.max_body = MAX_BODY  # an answer is a few kB: refuse more before it is read whole
     with _siblings_lock:
         old = _siblings.get(connection)
         _siblings[connection] = (read_timeout, sibling)
@@ -72,9 +77,12 @@ def _long_poll_connection(connection: Connection, read_timeout: float) -> Connec
     return sibling
 
 
-def watch_computer(connection: Connection, computer_id: str, cursor: str | None, timeout: float) -> WatchResult:
+def watch_computer(connection: Connection | slap, computer_id: str, cursor: str | None, timeout: float) -> WatchResult:
     """Wait up to `timeout` seconds (the proxy clamps it to 1..55) for a change of `computer_id`
-    after `cursor` (None: a first call, answered at once with `reset`)."""
+    after `cursor` (None: a first call, answered at once with `reset`). `connection`: the SLAP
+    client's `Connection` (`slap().connection`), or the connected `slap` itself."""
+    if not isinstance(connection, Connection):
+        connection = connection.connection  # a slap(): its connection (SlapException if not connected)
     if not computer_id:
         raise SlapException("watch_computer needs a computer id")
     timeout = float(timeout)
@@ -87,6 +95,11 @@ def watch_computer(connection: Connection, computer_id: str, cursor: str | None,
     url = poll.url("watchComputer")
     try:
         body = poll.get("watchComputer", params)
+    except ServerError as e:
+        if e.status != 501:
+            raise
+        raise WatchUnsupported(f"{url}: the master does not implement watchComputer (501): poll it instead",
+                               url=url, status=501) from None
     except NotFoundError:
         raise WatchUnsupported(f"{url}: the master does not serve watchComputer (404): poll it instead",
                                url=url, status=404) from None

@@ -177,6 +177,13 @@ def test_a_change_on_another_computer_does_not_wake_this_one(two_computers):
     assert quiet.cursor != cursor_a
 
 
+def test_a_huge_software_url_is_logged_as_a_change_of_the_computer(two_computers):
+    live, slap = two_computers
+    huge = "http://sr.example/" + "x" * 100_000 + ".cfg"
+    answer = woken_by(live, slap.connection, lambda: slap.registerSupply().supply(huge, COMPUTER))
+    assert answer.changes == [Change("computer")]
+
+
 def test_supply_and_removal_wake_with_the_software_release(two_computers):
     live, slap = two_computers
     other = "http://sr.example/watched.cfg"
@@ -294,6 +301,41 @@ def test_waiting_watches_are_bounded_and_other_calls_still_answer(tmp_path):
         live.server.stop()
 
 
+def test_a_one_thread_proxy_never_lets_a_watch_wait(tmp_path):
+    live = start_live(tmp_path, threads=1)  # a waiting watch would hold back every other call
+    try:
+        slap = live.connect()
+        format_computer(slap, COMPUTER, 2)
+        cursor = cursor_of(slap.connection)
+        answer = watch_computer(slap.connection, COMPUTER, cursor, LONG)
+        assert answer.retry_after and answer.changes == [] and answer.cursor == cursor
+        slap.registerSupply().supply(SR, COMPUTER)  # then the change is in the log for the next call
+        assert watch_computer(slap.connection, COMPUTER, cursor, LONG).changes == [Change("software", url=SR)]
+    finally:
+        live.server.stop()
+
+
+def test_one_computer_cannot_take_every_waiting_place(tmp_path):
+    live = start_live(tmp_path, threads=16)  # 8 places
+    try:
+        slap = live.connect()
+        format_computer(slap, COMPUTER, 2)
+        format_computer(slap, "COMP-1", 2, network=1)
+        cursor_a, cursor_b = cursor_of(slap.connection, COMPUTER), cursor_of(slap.connection, "COMP-1")
+        watchers = [Watcher(slap.connection, COMPUTER, cursor_a) for _ in range(2)]
+        wait_waiting(live.server.app, 2)
+        third = watch_computer(slap.connection, COMPUTER, cursor_a, LONG)
+        assert third.retry_after and third.changes == [] and third.cursor == cursor_a
+        other = Watcher(slap.connection, "COMP-1", cursor_b)  # another computer still has room
+        wait_waiting(live.server.app, 3)
+        slap.registerSupply().supply(SR, COMPUTER)
+        slap.registerSupply().supply(SR, "COMP-1")
+        for watcher in (*watchers, other):
+            assert watcher.result().changes == [Change("software", url=SR)] and watcher.woke_early()
+    finally:
+        live.server.stop()
+
+
 def test_stopping_the_proxy_answers_waiting_watches(tmp_path):
     live = start_live(tmp_path, threads=4)
     slap = live.connect()
@@ -334,3 +376,35 @@ def test_the_change_log_is_bounded_and_a_cursor_that_fell_off_resets():
     # the log (4 entries) no longer reaches back to either cursor: reconcile everything
     assert feed.watch("A", cursor, 1)["reset"]
     assert feed.watch("A", kept["cursor"], 1)["reset"]
+
+
+def test_an_answer_too_large_or_too_long_resets_instead(two_computers):
+    live, slap = two_computers
+    cursor = cursor_of(slap.connection)
+    supply = slap.registerSupply()
+    for i in range(150):  # 150 names of 2000 characters: over the answer's 256 kB
+        supply.supply(f"http://sr.example/{i:03d}/" + "y" * 1970, COMPUTER)
+    answer = watch_computer(slap.connection, COMPUTER, cursor, LONG)
+    assert answer.reset and answer.changes == []
+    quiet_after(slap.connection, answer.cursor)  # the new cursor is good
+    from slapos.proxy.watch import MAX_CHANGES
+    from slapos.proxy.watch import Change as Entry
+
+    feed = ChangeFeed("run", max_waiters=1)
+    cursor = feed.watch("A", None, 1)["cursor"]
+    feed.publish([Entry("partition", "A", f"slappart{i}") for i in range(MAX_CHANGES + 1)])
+    assert feed.watch("A", cursor, 1)["reset"]
+
+
+def test_a_rolled_back_write_wakes_nobody(node):
+    live, slap = node
+    slap.registerOpenOrder().request(SR, "inst")
+    cursor = cursor_of(slap.connection)
+    app = live.server.app
+    with pytest.raises(RuntimeError), app.db.write() as conn:
+        conn.execute("UPDATE partition SET timestamp = timestamp + 1 WHERE reference = 'slappart0'")
+        raise RuntimeError("the request failed after the bump")
+    quiet_after(slap.connection, cursor)
+    with app.db.write() as conn:  # the same write committed is seen
+        conn.execute("UPDATE partition SET timestamp = timestamp + 1 WHERE reference = 'slappart0'")
+    assert watch_computer(slap.connection, COMPUTER, cursor, LONG).changes == [partition("slappart0")]
