@@ -319,9 +319,9 @@ class Daemon:
         if kind == "instance":
             return self._instance(todo)
         if kind == "software":
-            before = _completed_stamps(self.settings.software_root)
+            before = completed_stamps(self.settings.software_root)
             code = self._child(kind, todo)
-            if _completed_stamps(self.settings.software_root) != before:
+            if completed_stamps(self.settings.software_root) != before:
                 # a release was (re)built: its partitions, failed or waiting for it, deploy now
                 self.wake("instance")
             return code
@@ -455,7 +455,7 @@ class KeptForkServer:
         self.server = None
 
 
-def _completed_stamps(software_root: Path) -> dict[str, int]:
+def completed_stamps(software_root: Path) -> dict[str, int]:
     """{release directory: mtime of its .completed}: what a software pass changed (lstat only:
     the software user owns these directories, nothing there is followed)."""
     stamps: dict[str, int] = {}

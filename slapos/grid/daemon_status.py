@@ -160,7 +160,7 @@ class StatusServer:
                               "set [slapos] run_status_socket to a shorter or writable path") from None
         finally:
             os.umask(previous)
-        os.chmod(self.path, 0o600)
+        # (no chmod: it would follow a link swapped in meanwhile; the umask made it 0600)
         self._server.daemon = self.daemon  # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 3600},
                                         name="run-status", daemon=True)
