@@ -130,9 +130,10 @@ class Daemon:
         self.kinds = {k: Kind(k, config.periods[k]) for k in KINDS}
         self.children: dict[str, subprocess.Popen] = {}
         self._threads: dict[str, threading.Thread] = {}
-        # signal handlers only append and write a byte: no lock is taken in a handler
-        self._signals: list[int] = []
+        # signals arrive as bytes on this pipe (signal.set_wakeup_fd): the kernel may deliver them
+        # to any thread, and the main thread's read wakes whichever it was
         self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
         from .daemon_watch import Watcher
 
         self.watcher = Watcher(self, enabled=watch)
@@ -159,8 +160,7 @@ class Daemon:
         return kind.period
 
     def request_stop(self) -> None:
-        self._signals.append(signal.SIGTERM)
-        os.write(self._wake_write, b"!")
+        os.write(self._wake_write, bytes([signal.SIGTERM]))
 
     # -- the main thread ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -185,12 +185,10 @@ class Daemon:
                 thread.start()
             self.watcher.start()
             while True:
-                os.read(self._wake_read, 64)  # blocks until a signal (PEP 475 retries the read)
-                while self._signals:
-                    signum = self._signals.pop(0)
+                for signum in os.read(self._wake_read, 64):  # blocks until a signal
                     if signum == signal.SIGHUP:
                         self.reload()
-                    else:
+                    elif signum in (signal.SIGTERM, signal.SIGINT):
                         self.shutdown()
                         return 0
         finally:
@@ -200,10 +198,10 @@ class Daemon:
             lock.release()
 
     def _install_signals(self) -> None:
-        def handler(signum, _frame):  # only note it: the main thread acts outside the handler
-            self._signals.append(signum)
-            os.write(self._wake_write, b"!")
+        def handler(_signum, _frame):  # the wakeup fd carries the signal: the main thread acts on it
+            pass
 
+        signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, handler)
 
