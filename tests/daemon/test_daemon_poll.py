@@ -52,3 +52,25 @@ def _get(port: int) -> str | None:
         return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
     except OSError:
         return None
+
+
+def test_master_without_push_is_polled(daemon_node):
+    """Against a master without /watchComputer the daemon finds out by itself and polls."""
+    from .conftest import OtherMaster
+
+    node, start = daemon_node(partitions=1)
+    other = OtherMaster(node.proxy.port)
+    try:
+        node.config_path.write_text(node.config_path.read_text().replace(node.master_url, other.url))
+        url = node.install("web")
+        daemon = start()  # no --poll
+        wait_for(lambda: daemon.status()["daemon"]["master"]["mode"] == "polling", what="polling mode")
+        port = free_port()
+        node.request(url, "web", {"port": str(port), "message": "polled"})
+        assert wait_for(lambda: _get(port), timeout=60, what="the web service").strip() == "polled"
+        node.request(url, "web", {"port": str(port), "message": "polled again"})
+        wait_for(lambda: (_get(port) or "").strip() == "polled again", timeout=30, what="the change")
+        assert "does not serve watchComputer" in daemon.log()
+        assert daemon.stop() == 0
+    finally:
+        other.stop()
