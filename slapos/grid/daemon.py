@@ -310,7 +310,8 @@ class Daemon:
                 kind.runs += 1
                 kind.failed_runs += code != 0
                 kind.last = RunRecord(wall, time.monotonic() - began, code, todo.describe())
-            log.log(logging.INFO if todo.full and code == 0 else logging.DEBUG,
+            # a periodic pass that changed nothing already said so in its own summary line
+            log.log(logging.DEBUG if todo.full and code == 0 else logging.INFO,
                     "%s pass (%s) done in %.1f s, exit %d", kind.name, todo.describe(), time.monotonic() - began, code)
 
     def _run(self, kind: str, todo: Pass) -> int:
