@@ -20,7 +20,8 @@ holds its lock."""
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
-    add_node_options(parser, "instance_root", "software_root", "master_url", "computer_id")
+    # --cfg only: the software and format passes are child commands reading the same file
+    add_node_options(parser)
     parser.add_argument("--poll", action="store_true",
                         help="do not ask the master to push changes: poll it every run_poll_period")
     parser.add_argument("--print-systemd-unit", dest="print_unit", action="store_true",
@@ -47,12 +48,16 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from None
         print(service_text("systemd" if args.print_unit else "supervisord", cfg), end="")
         return 0
+    import os
+
     from slapos.grid.daemon import Daemon, DaemonConfig
 
     from .command import node_settings
 
     config, settings = node_settings(args)
     settings.check_root()
+    if getattr(args, "log_format", None):  # the child passes (software, format) write the same lines
+        os.environ["SLAPNODE_LOG_FORMAT"] = args.log_format
     daemon = Daemon(settings, DaemonConfig.from_config(config, settings), config.path, watch=not args.poll)
     return daemon.run()
 
