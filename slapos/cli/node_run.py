@@ -59,7 +59,19 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "log_format", None):  # the child passes (software, format) write the same lines
         os.environ["SLAPNODE_LOG_FORMAT"] = args.log_format
     daemon = Daemon(settings, DaemonConfig.from_config(config, settings), config.path, watch=not args.poll)
-    return daemon.run()
+    code = daemon.run()
+    if daemon.abandoned:
+        # the interpreter would wait at exit for the abandoned pass's worker threads (buildouts
+        # of a minute): leave now; our lock and socket are released, the fork server ends its
+        # buildouts when our end of its socket closes
+        import logging
+        import sys
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def status_arguments(parser: argparse.ArgumentParser) -> None:

@@ -126,6 +126,7 @@ class Daemon:
         self.config_path = config_path
         self.cond = threading.Condition()
         self.stopping = False
+        self.abandoned = False  # a pass was still running at exit: the caller must not wait for it
         self.started = time.time()
         self.kinds = {k: Kind(k, config.periods[k]) for k in KINDS}
         self.children: dict[str, subprocess.Popen] = {}
@@ -223,6 +224,7 @@ class Daemon:
                 continue
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
+                self.abandoned = True
                 log.warning("the %s pass did not finish within run_stop_timeout: abandoned (every state file is "
                             "written atomically; the next start converges)", kind)
         for child in self.children.values():

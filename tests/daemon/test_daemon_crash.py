@@ -79,3 +79,36 @@ def test_long_build_does_not_hold_back_instances_and_sigkill_mid_build_converges
     assert _get(port).strip() == "not held back"
     assert "[slow " in (logs / "slapos-node-software.log").read_text()  # the child's output, as under cron
     assert again.stop() == 0
+
+
+def test_sigterm_mid_instance_build_abandons_cleanly_then_converges(daemon_node):
+    """SIGTERM waits for the running pass at most run_stop_timeout, then exits 0 anyway: locks
+    released, the buildout ended with it, and the next start converges."""
+    node, start = daemon_node(partitions=1, extra={"run_stop_timeout": "2"})
+    url = node.install("slow")
+    partition = node.request(url, "slow")
+    flag = node.partition_path(partition) / ".slow-flag"
+    daemon = start("--poll")
+    wait_for(flag.exists, timeout=30, what="buildout sleeping")
+    sleeper = int(flag.read_text())
+    assert daemon.stop(timeout=30) == 0
+    assert "abandoned" in daemon.log()
+    for pidfile in ("slapgrid-cp.pid", "slapos-node-run.pid"):
+        assert not (node.root / "var" / pidfile).exists() or _unlocked(node.root / "var" / pidfile)
+    wait_for(lambda: _gone(sleeper), what="the abandoned buildout ended")
+
+    again = start("--poll", log_name="daemon2.log")
+    running(node, partition, "idle-on-watch")
+    wait_for(lambda: node.partition(partition).load_state().status == "ok", timeout=30, what="state ok")
+    assert again.stop() == 0
+
+
+def _unlocked(pidfile) -> bool:
+    import fcntl
+
+    with open(pidfile) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
