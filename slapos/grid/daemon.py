@@ -42,7 +42,6 @@ DEFAULT_POLL_PERIOD = 60.0  # masters that cannot push: ask for changes this oft
 DEFAULT_STOP_TIMEOUT = 60.0  # SIGTERM: longest wait for the running passes
 BUSY_RETRY = 5.0  # a kind's lock held by a hand-run command: try again this soon
 COALESCE = 0.05  # changes arriving this close together make one pass (a watch answer batches more)
-CHILD_STOP_WAIT = 30.0  # a child build given this long to stop after SIGTERM
 CHILD_KINDS = ("software", "format")
 
 
