@@ -33,6 +33,8 @@ from pathlib import Path
 
 from slapos.base.errors import EXIT_FAILED, EXIT_LOCKED, ConfigError, LockedError
 
+from .daemon_support import KeptForkServer, completed_stamps, die_with_parent
+
 log = logging.getLogger("slapos.daemon")
 
 KINDS = ("software", "instance", "report", "collect", "format")
@@ -377,7 +379,7 @@ class Daemon:
             try:
                 child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output,
                                          stderr=subprocess.STDOUT if output else None,
-                                         preexec_fn=_die_with_parent())
+                                         preexec_fn=die_with_parent())
             finally:
                 if output is not None:
                     output.close()
@@ -415,76 +417,3 @@ class Daemon:
                 }
             return {"pid": os.getpid(), "started": self.started, "stopping": self.stopping, "kinds": kinds,
                     "master": self.watcher.snapshot()}
-
-
-class KeptForkServer:
-    """The buildout fork server (grid/forkserver.py) kept from one instance pass to the next: a
-    pass deploying a partition then does not wait for a Python to start and import buildout
-    (~0.25 s, more on a busy machine). Closed after `IDLE_CLOSE` seconds unused (its memory back)."""
-
-    IDLE_CLOSE = 600.0
-
-    def __init__(self) -> None:
-        self.server = None
-        self.last_used = 0.0
-
-    def builder(self, ctx):
-        from .build import Builder
-
-        keeper = self
-
-        class _KeptBuilder(Builder):
-            def forkserver(self):
-                server = super().forkserver()
-                keeper.server, keeper.last_used = server, time.monotonic()
-                return server
-
-            def close(self) -> None:  # kept for the next pass
-                pass
-
-        if self.server is not None and (not self.server.alive
-                                        or time.monotonic() - self.last_used > self.IDLE_CLOSE):
-            self.close()
-        builder = _KeptBuilder(ctx)
-        builder._forkserver = self.server
-        return builder
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        self.server = None
-
-
-def completed_stamps(software_root: Path) -> dict[str, int]:
-    """{release directory: mtime of its .completed}: what a software pass changed (lstat only:
-    the software user owns these directories, nothing there is followed)."""
-    stamps: dict[str, int] = {}
-    try:
-        entries = list(os.scandir(software_root))
-    except OSError:
-        return stamps
-    for entry in entries:
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                stamps[entry.name] = os.lstat(os.path.join(entry.path, ".completed")).st_mtime_ns
-        except OSError:
-            continue
-    return stamps
-
-
-def _die_with_parent():
-    """A preexec_fn asking the kernel to send SIGTERM to the child when this thread ends
-    (prctl PR_SET_PDEATHSIG; Linux only: elsewhere, nothing)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def set_death_signal() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    return set_death_signal

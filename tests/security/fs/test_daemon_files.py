@@ -7,7 +7,7 @@ import os
 import threading
 from pathlib import Path
 
-from slapos.grid.daemon import completed_stamps
+from slapos.grid.daemon_support import completed_stamps
 from tests.conftest import make_traversable
 
 from .conftest import as_user, give_tree
