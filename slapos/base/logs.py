@@ -165,6 +165,24 @@ def console_is_terminal(stream=None) -> bool:
         return False
 
 
+def command_log_handler(path: str, accept) -> logging.Handler:
+    """A log file (reopened after logrotate) of the records `accept(record)` picks, each line as a
+    command's console writes it under cron (time, level, step, partition): `slapos node run` keeps
+    one such file per command it runs in-process, as the cron block's `>> file` does."""
+    from logging.handlers import WatchedFileHandler
+
+    class _Accept(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return bool(accept(record))
+
+    handler = WatchedFileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.addFilter(_Accept())
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(_TimeFormatter(PLAIN_FORMAT))
+    return handler
+
+
 def setup_logging(verbosity: int = 0, log_file: str | None = None, debug: bool = False,
                   log_format: str | None = None, time: bool = False, color: bool = False) -> None:
     """verbosity: -1 quiet (warnings only), 0 info, 1+ debug. log_format: one of FORMATS (default:

@@ -57,6 +57,11 @@ def local_arguments(parser: argparse.ArgumentParser) -> None:
         help="install the periodic runs: /etc/cron.d/slapos-node as root, your crontab otherwise "
              "(idempotent; other lines are kept)",
     )
+    parser.add_argument(
+        "--install-daemon", "--install_daemon", dest="install_daemon", action="store_true",
+        help="as root: run the node as `slapos node run` under systemd (/etc/systemd/system/slapos-node.service) "
+             "instead of cron; the cron block keeps only its @reboot line (docs/daemon.md)",
+    )
     parser.add_argument("--enable-shacache-proxy", "--enable_shacache_proxy", dest="_ignored_shacache",
                         action="store_true",
                         help="accepted for compatibility, no effect: the local proxy always serves a binary cache")
@@ -100,6 +105,11 @@ def run_local(args: argparse.Namespace) -> int:
         raise UsageError("--partition-number must be at least 1")
     if not 0 < args.daemon_listen_port < 65536:
         raise UsageError("--daemon-listen-port must be a TCP port (1-65535)")
+    if args.install_cron and args.install_daemon:
+        raise UsageError("--install-cron and --install-daemon exclude each other: the node runs by cron or as a daemon")
+    if args.install_daemon and os.geteuid() != 0:
+        raise UsageError("--install-daemon installs a systemd unit and needs root; as a user, run `slapos node run` "
+                         "under your own supervisor (`slapos node run --print-supervisord-program`)")
     layout = Layout.from_args(args)
     if args.owner and not (layout.standalone and os.geteuid() == 0):
         raise UsageError("--owner only applies when root uses the standalone layout (--root)")
@@ -141,13 +151,19 @@ def run_local(args: argparse.Namespace) -> int:
                 log.warning("supervisord did not start (exit %d): run `slapos node supervisord --cfg %s`", code, cfg)
         else:
             steps.append(f"slapos node supervisord --cfg {cfg}")
-    print_summary(layout, config, client_note, env_line, steps, cron_installed=args.install_cron)
+    print_summary(layout, config, client_note, env_line, steps,
+                  cron_installed=args.install_cron or args.install_daemon)
     if args.install_cron:
         from . import cron
         from .standalone import crontab_lines
 
         where = cron.install(crontab_lines(cfg, layout.log_dir))
         print(f"\nperiodic runs installed in {where}")
+    if args.install_daemon:
+        from .service_files import install_daemon
+
+        for line in install_daemon(cfg, layout.log_dir, start=not args.no_start):
+            print(line)
     return 0
 
 

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "slapos.cli.node_report",
     "slapos.cli.node_boot",
     "slapos.cli.node_collect",
+    "slapos.cli.node_run",
     "slapos.cli.node_prune",
     "slapos.cli.node_register",
     "slapos.cli.client",

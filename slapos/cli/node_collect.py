@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from .command import Command, add_node_options, add_slapgrid_common, node_settings
-
-log = logging.getLogger("slapos.collect")
 
 DESCRIPTION = """\
 Sample, for every partition of this node, the CPU time, CPU share, memory and number of its
@@ -27,29 +24,11 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slapos.grid import collect, usage
-    from slapos.grid.report import supervised_pids
-    from slapos.grid.status import partition_ids
-    from slapos.grid.supervisor import Supervisor
+    from slapos.grid.node_runs import run_collect
 
     _config, settings = node_settings(args)
     settings.check_root()
-    if not settings.instance_root.is_dir():
-        from slapos.base.errors import ConfigError
-
-        raise ConfigError(f"instance_root {settings.instance_root} does not exist: run slapos node format first")
-    pids = supervised_pids(Supervisor(settings))
-    refs = [usage.PartitionRef(pid, settings.instance_root / pid, pids.get(pid, []))
-            for pid in partition_ids(settings)]
-    result = collect.collect(settings, refs, keep_days=args.keep_days)
-    for sample in result.samples:
-        log.debug("%s: cpu %.2fs (%s%%) memory %dB processes %d disk %s", sample.partition_id,
-                  sample.cpu_seconds, sample.cpu_percent if sample.cpu_percent is not None else "-",
-                  sample.memory_bytes, sample.process_count,
-                  sample.disk_bytes if sample.disk_bytes is not None else "-")
-    log.info("collect: %d partition(s) sampled into %s%s", len(result.samples), result.database,
-             f", {result.pruned} old row(s) deleted" if result.pruned else "")
-    return 0
+    return run_collect(settings, keep_days=args.keep_days)
 
 
 COMMANDS = [

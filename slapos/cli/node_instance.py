@@ -148,10 +148,17 @@ def status_arguments(parser: argparse.ArgumentParser) -> None:
     add_cfg_argument(parser)
     parser.add_argument("--partitions", action="store_true",
                         help="one line per partition: requested state, status, promises, back-off, last error")
+    from .node_run import status_arguments as daemon_status_arguments
+
+    daemon_status_arguments(parser)
     add_format_argument(parser)
 
 
 def run_status(args: argparse.Namespace) -> int:
+    if args.daemon:
+        from .node_run import show_daemon_status
+
+        return show_daemon_status(args)
     if not args.partitions:
         if args.format == "json":
             import json
@@ -212,7 +219,9 @@ COMMANDS = [
             run=run_supervisorctl, arguments=ctl_arguments, passthrough=True),
     Command(path=("node", "status"), help="process status (supervisorctl format), or --partitions",
             description="Without options: supervisorctl's status lines '<partition>:<program>  STATE  ...'. "
-                        "With --partitions: the node's view of each partition (table or --format json).",
+                        "With --partitions: the node's view of each partition (table or --format json). "
+                        "With --daemon: the view of `slapos node run` (its runs, queue, master connection and "
+                        "partitions; 'daemon not running', exit 1, when its socket does not answer).",
             run=run_status, arguments=status_arguments, passthrough=True),
     Command(path=("node", "metrics"), help="print the node's Prometheus metrics (written after each run)",
             description="Print the metrics the last `slapos node instance`, `software` and `report` runs wrote "

@@ -37,21 +37,14 @@ def report(args: argparse.Namespace) -> int:
     import random
     import time
 
-    from slapos.grid.lock import RunLock
-    from slapos.grid.report import ReportRun
+    from slapos.grid.node_runs import run_report
 
     settings = _settings(args)
     if not args.now and settings.maximal_delay > 0:
         delay = random.uniform(0, settings.maximal_delay)
         log.info("waiting %.0f s before reporting (use --now to start at once)", delay)
         time.sleep(delay)
-    with RunLock(settings.pidfile_report, "slapos node report"):
-        from slapos.grid import observe
-
-        started = time.monotonic()
-        result = ReportRun(settings).run()
-        observe.after_report_run(settings, time.monotonic() - started, result.exit_code, result.journal)
-        return result.exit_code
+    return run_report(settings)
 
 
 def bang(args: argparse.Namespace) -> int:

@@ -180,6 +180,11 @@ class ForkServer:
         self._dead: str | None = None
         self._groups_cache: dict[tuple[str, int], list[int]] = {}
 
+    @property
+    def alive(self) -> bool:
+        """Started and not stopped (a long-running caller keeps it between runs while alive)."""
+        return self._sock is not None and not self._dead
+
     def start(self, timeout: float = 60.0) -> None:
         with self._lock:
             if self._sock is not None:
