@@ -461,6 +461,7 @@ class ProxyApp:
         if req.optional("slave_reference"):
             raise BadRequest("renaming a shared instance is not supported by this proxy: request it under the new name")
         with self.db.write() as conn:
+            users.check_rename(conn, computer_id, partition_id, new_name)  # a root takes no one else's title
             allocation.rename(conn, computer_id, partition_id, new_name)
         return text("done")
 
