@@ -244,7 +244,7 @@ class ProxyApp:
         return text(f"{env.get('wsgi.url_scheme', 'http')}://{host}/hateoas/")
 
     def request_computer(self, req: Request) -> Response:
-        return join.request_computer(self.db, self.ca, req)
+        return join.request_computer(self.db, self.ca, req, self.config.tls)
 
     def node_status_report(self, req: Request) -> Response:
         """A node's partition status after its run (`slapos node instance` posts it; optional)."""

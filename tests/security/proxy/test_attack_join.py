@@ -1,0 +1,84 @@
+"""Attacks on joining (docs/join.md): a computer certificate is what lets a machine into a shared
+proxy, where it is allocated everyone's instances. On a plain-HTTP proxy any local user (a
+partition's tenant included) gets a computer token through HATEOAS (`slapos computer token`): such
+a token must not buy a certificate, neither there (a plain proxy asks for none) nor after the
+operator turned TLS on over the same database and CA (the documented way to share a node's proxy),
+where only the operator's tokens let a node in."""
+from __future__ import annotations
+
+import http.client
+import sqlite3
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from tests.security.proxy.conftest import call, credentials_proxy, run_as, tenant_users
+from tests.security.proxy.test_join import TLSProxy
+
+pytestmark = pytest.mark.root  # a real tenant user
+
+TENANT = """
+import http.client, json, sys
+conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=30)
+conn.request("GET", "/hateoas/computer_module/Base_getComputerToken?computer_reference=rogue")
+answer = conn.getresponse()
+body = answer.read().decode()
+print(answer.status)
+print(json.loads(body)["access_token"] if answer.status == 200 else body)
+"""
+
+
+def certificates(database: Path) -> list[tuple]:
+    conn = sqlite3.connect(database)
+    try:
+        return conn.execute("SELECT kind, computer_reference FROM certificate").fetchall()
+    finally:
+        conn.close()
+
+
+def exchange_over_tls(proxy: TLSProxy, token: str) -> tuple[int, str]:
+    conn = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=15, context=proxy.context())
+    try:
+        conn.request("POST", "/Person_requestComputer", body=urlencode({"title": "rogue"}),
+                     headers={"Content-Type": "application/x-www-form-urlencoded", "X-Access-Token": token})
+        answer = conn.getresponse()
+        return answer.status, answer.read().decode()
+    finally:
+        conn.close()
+
+
+def test_a_tenants_computer_token_buys_no_certificate_on_the_plain_proxy_nor_once_it_serves_tls(tmp_path):
+    plain = credentials_proxy(tmp_path / "proxy")
+    with tenant_users(1) as (tenant,):
+        try:
+            got = run_as(tenant, TENANT, str(plain.port))
+            assert got.returncode == 0, got.stderr
+            status, token = got.stdout.split("\n")[:2]
+            assert status == "200", token  # a local user's token, as on every plain proxy
+            first = call(plain.port, "POST", "/Person_requestComputer", {"title": "rogue"},
+                         headers={"X-Access-Token": token})
+            assert first[0] == 403, first
+            assert "plain HTTP" in first[1]
+            assert certificates(plain.database) == []
+        finally:
+            plain.stop()
+        # the operator turns TLS on over the same database and CA: the tenant's token stays refused
+        tls = TLSProxy(tmp_path / "proxy")
+        try:
+            status, body = exchange_over_tls(tls, token)
+            assert status == 403, body
+            assert "operator" in body
+            assert certificates(tls.database) == []
+            # the operator's own token lets a node of that name in, and the name is no longer the tenant's
+            status, body = exchange_over_tls(tls, tls.token("rogue"))
+            assert status == 200, body
+            assert certificates(tls.database) == [("computer", "rogue")]
+            conn = sqlite3.connect(tls.database)
+            try:
+                owners = conn.execute("SELECT identity FROM owner WHERE kind = 'computer' AND reference = 'rogue'")
+                assert [row[0] for row in owners] == ["uid:0"]
+            finally:
+                conn.close()
+        finally:
+            tls.stop()
