@@ -14,7 +14,8 @@ and the software it supplied.
   partition, or the partition would join that tree. The tree keeps its owner under the new title.
 * **Software.** A user may supply a software release to any computer; it may remove only what
   it supplied first (kind `supply`, reference `<computer> <url>`), so that no user uninstalls
-  the software of another's instances.
+  the software of another's instances; supplying again what is supplied already (by the node or
+  the operator, who record no owner) makes no one first.
 
 Every refusal is a Forbidden raised inside the caller's write transaction: nothing is kept.
 """
@@ -90,4 +91,9 @@ def check_supply(conn: sqlite3.Connection, who: Identity, url: str, computer_id:
                             "the proxy's operator")
         conn.execute("DELETE FROM owner WHERE kind = 'supply' AND reference = ?", (reference,))
     elif owner is None:
-        ownership.record(conn, "supply", reference, who.owner_id)
+        # first only if it was not supplied already (by the node or the operator, who record no
+        # owner): else supplying it again would let this user uninstall everyone's software
+        present = conn.execute("SELECT 1 FROM software WHERE url = ? AND computer_reference = ? "
+                               "AND requested_state = 'available'", (url, computer_id)).fetchone()
+        if present is None:
+            ownership.record(conn, "supply", reference, who.owner_id)

@@ -6,6 +6,9 @@ paths a tenant or a node reaches that the user-certificate checks (users.py) do 
   renaming its root into a title another user owns would take that user's next request of the
   title (its parameters, its secrets) into the attacker's partition; renaming into a title whose
   tree still has members would join that tree. Refused; a rename keeps the tree's owner.
+* Supplies: a user removes only what it supplied first. Supplying again what the node or the
+  operator supplied before does not make it the first (it would then uninstall the software of
+  everyone's instances on that computer).
 """
 from __future__ import annotations
 
@@ -104,3 +107,13 @@ def test_a_root_is_not_renamed_into_a_tree_that_still_has_members(pool, alice_an
     assert status == 403, body
     assert pool.database() == before
 
+
+
+def test_a_user_supplying_again_what_the_node_supplied_cannot_remove_it(pool):
+    alice = pool.user("alice")
+    pool.node.slap().registerSupply().supply(SR, "edge-a")  # the node's own supply (its certificate)
+    assert alice.run("supply", SR, "edge-a").returncode == 0  # harmless: it is there already
+    before = pool.database()
+    removed = alice.run("remove", SR, "edge-a")
+    assert removed.returncode == 1 and "did not supply" in removed.stderr, removed.stderr
+    assert pool.database() == before
