@@ -13,8 +13,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.security.proxy.conftest import call, credentials_proxy, run_as, tenant_users
-from tests.security.proxy.test_join import TLSProxy
+from slapos.slap import wire
+from tests.security.proxy.conftest import call, credentials_proxy, dump, run_as, tenant_users
+from tests.security.proxy.test_join import SR, Node, TLSProxy, computer_document
 
 pytestmark = pytest.mark.root  # a real tenant user
 
@@ -82,3 +83,36 @@ def test_a_tenants_computer_token_buys_no_certificate_on_the_plain_proxy_nor_onc
                 conn.close()
         finally:
             tls.stop()
+
+
+def test_a_node_requesting_as_a_person_places_no_shared_instance_on_another_computer(tmp_path):
+    """`join.require_own_tree`: a computer certificate acting as a person places instances on its
+    own computer only. A shared instance names its host with `instance_guid`: a host on another
+    computer is refused like `computer_guid` of another computer (the filter holds both)."""
+    proxy = TLSProxy(tmp_path / "proxy")
+    try:
+        a, b = Node(tmp_path / "a", "edge-a"), Node(tmp_path / "b", "edge-b")
+        for node in (a, b):
+            assert node.register(proxy, proxy.token(node.name)).returncode == 0
+            node.slap().registerComputer(node.name).updateConfiguration(computer_document(node.name, 2))
+            node.slap().registerSupply().supply(SR, node.name)
+        host = a.slap().registerOpenOrder().request(SR, "host-a", filter_kw={"computer_guid": "edge-a"})
+        b_cert = (b.config.get("slapos", "cert_file"), b.config.get("slapos", "key_file"))
+        before = dump(proxy.database)
+        status, body = proxy.call("POST", "/requestComputerPartition", {
+            "software_release": SR, "software_type": "", "partition_reference": "intruder",
+            "shared_xml": wire.dumps(True), "partition_parameter_xml": wire.dumps({"backend": "http://evil"}),
+            "filter_xml": wire.dumps({"instance_guid": f"edge-a-{host.getId()}"}), "state": wire.dumps("started")},
+            Path(b_cert[0]), Path(b_cert[1]))
+        assert status in (403, 404), body
+        assert dump(proxy.database) == before
+        # on its own computer it may (a host of its own)
+        own = b.slap().registerOpenOrder().request(SR, "host-b", filter_kw={"computer_guid": "edge-b"})
+        status, body = proxy.call("POST", "/requestComputerPartition", {
+            "software_release": SR, "software_type": "", "partition_reference": "mine",
+            "shared_xml": wire.dumps(True), "partition_parameter_xml": wire.dumps({}),
+            "filter_xml": wire.dumps({"instance_guid": f"edge-b-{own.getId()}"}), "state": wire.dumps("started")},
+            Path(b_cert[0]), Path(b_cert[1]))
+        assert status == 200, body
+    finally:
+        proxy.stop()
