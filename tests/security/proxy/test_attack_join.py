@@ -17,8 +17,6 @@ from slapos.slap import wire
 from tests.security.proxy.conftest import call, credentials_proxy, dump, run_as, tenant_users
 from tests.security.proxy.test_join import SR, Node, TLSProxy, computer_document
 
-pytestmark = pytest.mark.root  # a real tenant user
-
 TENANT = """
 import http.client, json, sys
 conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=30)
@@ -49,6 +47,7 @@ def exchange_over_tls(proxy: TLSProxy, token: str) -> tuple[int, str]:
         conn.close()
 
 
+@pytest.mark.root  # a real tenant user
 def test_a_tenants_computer_token_buys_no_certificate_on_the_plain_proxy_nor_once_it_serves_tls(tmp_path):
     plain = credentials_proxy(tmp_path / "proxy")
     with tenant_users(1) as (tenant,):
@@ -115,4 +114,44 @@ def test_a_node_requesting_as_a_person_places_no_shared_instance_on_another_comp
             Path(b_cert[0]), Path(b_cert[1]))
         assert status == 200, body
     finally:
+        proxy.stop()
+
+
+def test_idle_connections_of_one_address_do_not_take_every_place_of_the_tls_proxy(tmp_path):
+    """The TLS listener serves at most 64 connections at once, each up to 30 s in its handshake
+    and 120 s waiting for its request: 64 idle TCP connections from one address (no certificate,
+    no byte sent) would hold every node off. One address holds at most 16 at once; the 17th is
+    closed at once, and a node from another address is served."""
+    import socket
+
+    proxy = TLSProxy(tmp_path / "proxy")
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(64):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.3", 0))
+            sock.connect((proxy.host, proxy.port))
+            idle.append(sock)
+        # the node, from its own address, is answered while they idle
+        conn = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=10, context=proxy.context(),
+                                           source_address=("127.0.0.1", 0))
+        try:
+            conn.request("GET", "/getRunId")
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
+        # the connections over the bound were closed by the proxy (it read nothing of them)
+        closed = 0
+        for sock in idle:
+            sock.settimeout(0.5)
+            try:
+                closed += sock.recv(1) == b""
+            except ConnectionResetError:
+                closed += 1
+            except TimeoutError:
+                pass  # one of the 16 still held
+        assert closed >= 64 - 16
+    finally:
+        for sock in idle:
+            sock.close()
         proxy.stop()
