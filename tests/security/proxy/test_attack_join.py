@@ -7,15 +7,19 @@ where only the operator's tokens let a node in."""
 from __future__ import annotations
 
 import http.client
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 
 from slapos.slap import wire
+from tests.fixtures.proxy import free_port, write_config
 from tests.security.proxy.conftest import call, credentials_proxy, dump, run_as, tenant_users
-from tests.security.proxy.test_join import SR, Node, TLSProxy, computer_document
+from tests.security.proxy.test_join import ENV, SR, Node, TLSProxy, computer_document
 
 TENANT = """
 import http.client, json, sys
@@ -155,3 +159,43 @@ def test_idle_connections_of_one_address_do_not_take_every_place_of_the_tls_prox
         for sock in idle:
             sock.close()
         proxy.stop()
+
+
+def _start_tls_once(directory: Path) -> subprocess.CompletedProcess:
+    """`slapos proxy start` of a TLS proxy on `directory`, expected to refuse to start."""
+    write_config(directory / "slapos.cfg", {
+        "slapos": {"computer_id": "unused"},
+        "slapproxy": {"host": "127.0.0.1", "port": str(free_port()), "tls": "true",
+                      "database_uri": str(directory / "proxy.db")}})
+    return subprocess.run([sys.executable, "-m", "slapos.cli.main", "proxy", "start", "--cfg",
+                           str(directory / "slapos.cfg")], capture_output=True, text=True, timeout=20, env=ENV)
+
+
+@pytest.mark.root  # a directory of another user
+def test_a_ca_others_could_read_or_replace_is_refused_at_start(tmp_path):
+    """The CA key signs every certificate and `ca.crt` is the trust anchor the TLS listener checks
+    client certificates against: a key others can read, or a CA directory, key or certificate
+    another user owns or others can write (planted, or restored with the wrong modes), is refused
+    with one line, and nothing is written into it."""
+    proxy = TLSProxy(tmp_path / "proxy")  # a CA made as it should be
+    proxy.stop()
+    ca = tmp_path / "proxy" / "ca"
+    key = ca / "ca.key"
+    os.chmod(key, 0o644)
+    refused = _start_tls_once(tmp_path / "proxy")
+    assert refused.returncode == 1, refused.stderr
+    assert "ca.key" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    os.chmod(key, 0o600)
+    os.chmod(ca / "ca.crt", 0o666)
+    refused = _start_tls_once(tmp_path / "proxy")
+    assert refused.returncode == 1 and "ca.crt" in refused.stderr, refused.stderr
+    os.chmod(ca / "ca.crt", 0o644)
+    # a CA directory planted by another user beside the database, still empty: nothing written into it
+    with tenant_users(1) as (tenant,):
+        planted = tmp_path / "other"
+        planted.mkdir()
+        (planted / "ca").mkdir(mode=0o777)
+        os.chown(planted / "ca", tenant.pw_uid, tenant.pw_gid)
+        refused = _start_tls_once(planted)
+        assert refused.returncode == 1 and "CA directory" in refused.stderr, refused.stderr
+        assert list((planted / "ca").iterdir()) == []
