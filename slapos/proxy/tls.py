@@ -20,6 +20,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -91,6 +92,7 @@ class TLSServer(ThreadingMixIn, WSGIServer):
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._per_address: dict[str, int] = {}
         self._per_address_lock = threading.Lock()
+        self._last_refusal_log = -60.0
         super().__init__(address, _Handler)
         self.set_app(app)
 
@@ -120,7 +122,11 @@ class TLSServer(ThreadingMixIn, WSGIServer):
             if held < MAX_PER_ADDRESS:
                 self._per_address[address] = held + 1
         if held >= MAX_PER_ADDRESS:
-            log.info("closed a connection of %s: it holds %d already", address, held)
+            now = time.monotonic()
+            if now - self._last_refusal_log >= 60:  # a flood of connections must not flood the log
+                self._last_refusal_log = now
+                log.warning("closing connections of %s: it holds %d already (at most %d per address)",
+                            address, held, MAX_PER_ADDRESS)
             self.shutdown_request(request)
             return
         try:
