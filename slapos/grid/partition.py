@@ -384,9 +384,9 @@ class Partition:
         changed = False
         owner = self.file_owner()
         for path, content in zip(paths, (certificate, key), strict=True):
-            try:
-                current = path.read_text(encoding="utf-8")
-            except OSError:
+            try:  # the file is the tenant's (it may be huge, sparse, a link): read what we would write, +1
+                current = tenantfs.read_regular(path, len(content.encode("utf-8")) + 1).decode("utf-8", "replace")
+            except OSError:  # missing, or not a regular file of that size (UnsafeFile): written anew
                 current = None
             if current != content:
                 atomic_write(path, content, 0o600, owner)

@@ -237,6 +237,8 @@ def _find_host(
         host = conn.execute(
             "SELECT * FROM partition WHERE computer_reference || '-' || reference = ?", (str(guid),)
         ).fetchone()
+        if host is not None and computer_guid and host["computer_reference"] != computer_guid:
+            return None  # both filters hold (a node acting as a person is kept to its computer: join.py)
         return host if _host_ok(host, software_release, software_type) else None
     if existing is not None and existing["hosted_by"]:
         # stay where we are as long as the host still fits: moving a shared instance is disruptive

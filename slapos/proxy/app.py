@@ -244,7 +244,7 @@ class ProxyApp:
         return text(f"{env.get('wsgi.url_scheme', 'http')}://{host}/hateoas/")
 
     def request_computer(self, req: Request) -> Response:
-        return join.request_computer(self.db, self.ca, req)
+        return join.request_computer(self.db, self.ca, req, self.config.tls)
 
     def node_status_report(self, req: Request) -> Response:
         """A node's partition status after its run (`slapos node instance` posts it; optional)."""
@@ -461,6 +461,7 @@ class ProxyApp:
         if req.optional("slave_reference"):
             raise BadRequest("renaming a shared instance is not supported by this proxy: request it under the new name")
         with self.db.write() as conn:
+            users.check_rename(conn, computer_id, partition_id, new_name)  # a root takes no one else's title
             allocation.rename(conn, computer_id, partition_id, new_name)
         return text("done")
 

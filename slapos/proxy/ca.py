@@ -21,9 +21,12 @@ import datetime
 import os
 import re
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from slapos.base.errors import SlapOSError
 
 CA_KEY, CA_CERT = "ca.key", "ca.crt"
 DEFAULT_VALIDITY_DAYS = 365
@@ -35,7 +38,7 @@ TABLE = """CREATE TABLE IF NOT EXISTS certificate (
 USER = "user"
 
 
-class CertificateError(Exception):
+class CertificateError(SlapOSError):
     """A certificate the CA will not issue (the message says why)."""
 
 
@@ -73,11 +76,33 @@ class CertificateAuthority:
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
 
+        if self.directory.exists():
+            self._check()
         if not self.key_path.exists():
             self._create(name)
         self._key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
         self._cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
         return self
+
+    def _check(self) -> None:
+        """An existing CA is used only if nobody else could have planted, replaced or read it: the
+        key signs every certificate, `ca.crt` is the anchor client certificates are verified with."""
+        euid = os.geteuid()
+        info = os.stat(self.directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != euid or info.st_mode & 0o022:
+            raise CertificateError(
+                f"CA directory {self.directory}: owned by uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}; it "
+                f"must be a directory of the proxy's user (uid {euid}) that nobody else can write (chmod 700)")
+        for path, others in ((self.key_path, 0o077), (self.cert_path, 0o022)):
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != euid or info.st_mode & others:
+                raise CertificateError(
+                    f"{path}: owned by uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}; it must be a file of "
+                    f"the proxy's user (uid {euid}), {'0600' if others == 0o077 else 'writable by it only'}: "
+                    "whoever reads the key or replaces the certificate is the proxy's CA")
 
     def _create(self, name: str) -> None:
         from cryptography import x509
@@ -101,7 +126,8 @@ class CertificateAuthority:
                                              encipher_only=False, decipher_only=False), critical=True)
                 .sign(key, hashes.SHA256()))
         # the certificate first: a key without its certificate would be a CA nobody can use
-        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.cert_path.unlink(missing_ok=True)  # a leftover of an interrupted start, in our own directory
+        _write_private(self.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         _write_private(self.key_path, key.private_bytes(serialization.Encoding.PEM,
                                                         serialization.PrivateFormat.PKCS8,
                                                         serialization.NoEncryption()), 0o600)

@@ -13,17 +13,27 @@ from . import allocation, ca, ownership
 from .access import Identity
 from .db import Database
 from .errors import BadRequest, Conflict, Forbidden
+from .identity import proxy_operators
 from .wsgi import Request, Response
 
 log = logging.getLogger("slapos.proxy")
 
 
-def request_computer(db: Database, authority: ca.CertificateAuthority, req: Request) -> Response:
+def request_computer(db: Database, authority: ca.CertificateAuthority, req: Request, tls: bool) -> Response:
     """`slapos node register`: the token of `X-Access-Token` for a certificate of computer
-    `title` (JSON `certificate`, `key`). The token is spent only when a certificate is issued."""
+    `title` (JSON `certificate`, `key`). The token is spent only when a certificate is issued.
+
+    Only a TLS proxy signs, and only for a token of its operator (root, the proxy's user): on a
+    plain proxy every local user (a partition's tenant too) gets computer tokens through HATEOAS,
+    and a certificate or a token got there would let a rogue node into the proxy once the
+    operator turns TLS on over the same database and CA, where it is allocated everyone's
+    instances."""
 
     token = req.environ.get("HTTP_X_ACCESS_TOKEN", "").strip()
     title = req.reference("title")
+    if not tls:
+        raise Forbidden("this proxy serves plain HTTP and asks for no certificate: computer certificates are for a "
+                        "TLS proxy ([slapproxy] tls = true, docs/join.md)")
     if not token:
         raise Forbidden("no token: send the one-time token of `slapos computer token` in X-Access-Token")
     if not ca.COMPUTER_ID.match(title):
@@ -33,15 +43,19 @@ def request_computer(db: Database, authority: ca.CertificateAuthority, req: Requ
             grant = ownership.consume_token(conn, token)
         except ownership.TokenRefused as e:
             raise Forbidden(f"token refused: {e}") from None
+        if grant.identity not in proxy_operators():  # a local user's token of the proxy's plain-HTTP days
+            raise Forbidden(f"token refused: it was issued to {grant.identity}; a computer joins this proxy with a "
+                            "token of its operator (slapos proxy token)")
         if grant.computer_reference not in (None, title):
             raise Forbidden(f"token refused: it is for computer {grant.computer_reference}, not {title}")
         active = ca.active_computer_certificate(conn, title)
         if active is not None:
             raise Conflict(f"Certificate still active. computer {title} has certificate {active}: revoke it "
                            "(slapos proxy revoke) to replace that node, or choose another name")
-        owner = ownership.owner_of(conn, "computer", title)
-        if owner is not None and owner != grant.identity:
-            raise Forbidden(f"token refused: computer {title} belongs to someone else")
+        # the operator's token takes a name a local user reserved (HATEOAS token): that user must
+        # not see, nor get tokens for, the operator's node
+        conn.execute("DELETE FROM owner WHERE kind = 'computer' AND reference = ? AND identity != ?",
+                     (title, grant.identity))
         # signed only for a good token (an anonymous caller must not make the proxy sign for nothing)
         issued = authority.issue(title, "computer")
         ownership.record(conn, "computer", title, grant.identity)

@@ -2,7 +2,8 @@
 
 waitress speaks no TLS, so a TLS proxy is served by the standard library's WSGI server on an
 SSL socket, one thread per connection (at most `MAX_CONNECTIONS` at once; more wait in the
-kernel's backlog), HTTP/1.0 (one request per connection). That is enough for the few nodes of
+kernel's backlog; at most `MAX_PER_ADDRESS` of one client address, whose next one is closed at
+once), HTTP/1.0 (one request per connection). That is enough for the few nodes of
 a lab or an edge site; a bigger group outgrows a proxy anyway (a SlapOS Master).
 
 * The server certificate is issued by the proxy's CA at each start (names: host, localhost,
@@ -19,6 +20,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -29,6 +31,9 @@ from .ca import CertificateAuthority
 log = logging.getLogger("slapos.proxy")
 
 MAX_CONNECTIONS = 64
+# connections one client address holds at once: idle connections of one address (each holds its
+# thread up to HANDSHAKE_TIMEOUT, then _Handler.timeout) must not take every place from the nodes
+MAX_PER_ADDRESS = 16
 HANDSHAKE_TIMEOUT = 30.0
 MAX_HEADER_LINE = 65536
 
@@ -85,6 +90,9 @@ class TLSServer(ThreadingMixIn, WSGIServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.context = context
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._per_address: dict[str, int] = {}
+        self._per_address_lock = threading.Lock()
+        self._last_refusal_log = -60.0
         super().__init__(address, _Handler)
         self.set_app(app)
 
@@ -101,12 +109,36 @@ class TLSServer(ThreadingMixIn, WSGIServer):
         sock.settimeout(HANDSHAKE_TIMEOUT)
         return sock, address
 
+    def _leave(self, address: str) -> None:
+        with self._per_address_lock:
+            left = self._per_address.pop(address, 1) - 1
+            if left:
+                self._per_address[address] = left
+
     def process_request(self, request, client_address):
-        self._slots.acquire()
+        address = client_address[0]
+        with self._per_address_lock:
+            held = self._per_address.get(address, 0)
+            if held < MAX_PER_ADDRESS:
+                self._per_address[address] = held + 1
+        if held >= MAX_PER_ADDRESS:
+            now = time.monotonic()
+            if now - self._last_refusal_log >= 60:  # a flood of connections must not flood the log
+                self._last_refusal_log = now
+                log.warning("closing connections of %s: it holds %d already (at most %d per address)",
+                            address, held, MAX_PER_ADDRESS)
+            self.shutdown_request(request)
+            return
+        try:
+            self._slots.acquire()
+        except BaseException:
+            self._leave(address)
+            raise
         try:
             super().process_request(request, client_address)
         except BaseException:
             self._slots.release()
+            self._leave(address)
             raise
 
     def process_request_thread(self, request, client_address):
@@ -120,6 +152,7 @@ class TLSServer(ThreadingMixIn, WSGIServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+            self._leave(client_address[0])
 
     def handle_error(self, request, client_address):
         log.info("connection from %s ended with an error", client_address[0], exc_info=True)

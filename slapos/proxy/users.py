@@ -7,9 +7,15 @@ and the software it supplied.
   it owns; another's tree, or one requested before owners were recorded, is refused. The
   proxy's operators (open access, the node credential) keep acting for everyone, as with the
   reference.
+* **Renaming a root** (`softwareInstanceRename`, by its partition or its node): the tree's name
+  is its title, which the owner records are keyed by. The new title must be free of another's
+  owner record and of any instance (a root, or members of a tree of that name): else the next
+  request of that title by its owner (its parameters, its secrets) would land in the renamed
+  partition, or the partition would join that tree. The tree keeps its owner under the new title.
 * **Software.** A user may supply a software release to any computer; it may remove only what
   it supplied first (kind `supply`, reference `<computer> <url>`), so that no user uninstalls
-  the software of another's instances.
+  the software of another's instances; supplying again what is supplied already (by the node or
+  the operator, who record no owner) makes no one first.
 
 Every refusal is a Forbidden raised inside the caller's write transaction: nothing is kept.
 """
@@ -51,6 +57,26 @@ def claim_tree(conn: sqlite3.Connection, who: Identity, environ: dict, title: st
     ownership.record(conn, "instance", title, mine)
 
 
+def check_rename(conn: sqlite3.Connection, computer_id: str, partition_id: str, new_name: str) -> None:
+    """Before `softwareInstanceRename`: a root takes no title another owns or another tree uses;
+    its owner record follows it (the old title stays recorded: a title is never handed on)."""
+    row = conn.execute("SELECT title, requested_by FROM partition WHERE computer_reference = ? AND reference = ? "
+                       "AND slap_state = 'busy'", (computer_id, partition_id)).fetchone()
+    if row is None or row[1] or row[0] == new_name:
+        return  # not busy (allocation says so), a member renamed inside its tree, or no change
+    owner = ownership.owner_of(conn, "instance", row[0])
+    taken = ownership.owner_of(conn, "instance", new_name)
+    if taken is not None and taken != owner:
+        raise Forbidden(f"renaming instance {row[0]!r} to {new_name!r}: that title belongs to someone else")
+    used = conn.execute(
+        "SELECT 1 FROM partition WHERE slap_state = 'busy' AND requested_by = ? "
+        "UNION ALL SELECT 1 FROM slave WHERE requested_by = ? OR (requested_by = '' AND title = ?) LIMIT 1",
+        (new_name, new_name, new_name)).fetchone()
+    if used is not None:
+        raise Forbidden(f"renaming instance {row[0]!r} to {new_name!r}: instances of that name exist; choose another")
+    ownership.record(conn, "instance", new_name, owner)
+
+
 def _supply_reference(computer_id: str, url: str) -> str:
     return f"{computer_id} {url}"
 
@@ -65,4 +91,9 @@ def check_supply(conn: sqlite3.Connection, who: Identity, url: str, computer_id:
                             "the proxy's operator")
         conn.execute("DELETE FROM owner WHERE kind = 'supply' AND reference = ?", (reference,))
     elif owner is None:
-        ownership.record(conn, "supply", reference, who.owner_id)
+        # first only if it was not supplied already (by the node or the operator, who record no
+        # owner): else supplying it again would let this user uninstall everyone's software
+        present = conn.execute("SELECT 1 FROM software WHERE url = ? AND computer_reference = ? "
+                               "AND requested_state = 'available'", (url, computer_id)).fetchone()
+        if present is None:
+            ownership.record(conn, "supply", reference, who.owner_id)

@@ -153,7 +153,7 @@ class ChangeFeed:
         if not cursor or len(cursor) > MAX_CURSOR:
             return None
         run, _, number = cursor.rpartition(".")
-        if run != self.run_id or not number.isdigit() or len(number) > 19:
+        if run != self.run_id or not (number.isascii() and number.isdigit()) or len(number) > 19:
             return None
         seq = int(number)
         if seq > self._seq or (self._log and seq < self._log[0][0] - 1):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -101,6 +102,35 @@ def test_certificate_files(settings):
     assert partition.write_certificate("CERT", "KEY") is False
     partition.remove_certificate()
     assert list(settings.certificate_repository_path.iterdir()) == []
+
+
+def test_a_tenant_growing_its_certificate_file_costs_root_no_memory(tmp_path):
+    """The partition's certificate files belong to its user (0600, so its software reads them):
+    the tenant may make its own file huge (sparse: no disk used). Each run compares them with the
+    master's before writing; that read is bounded by what the master gave, so a run (root) never
+    loads the file whole. Run in a child with 1 GiB of address space: an unbounded read of the
+    8 GiB file fails there instead of eating the shared machine's memory."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os, resource, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+from pathlib import Path
+from tests.fixtures.supervisor import node_settings
+from slapos.grid.partition import Partition
+root = Path({str(tmp_path)!r})
+settings = node_settings(root, certificate_repository_path=root / "certs")
+(settings.instance_root / "slappart0").mkdir(parents=True)
+partition = Partition(settings, "slappart0")
+assert partition.write_certificate("CERT", "KEY")
+os.truncate(root / "certs" / "slappart0.crt", 8 << 30)  # the tenant's move
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+print(partition.write_certificate("CERT", "KEY"), (root / "certs" / "slappart0.crt").read_text())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "CERT"]
 
 
 def test_state_round_trip_and_damage(settings):

@@ -110,7 +110,8 @@ def test_first_watch_and_unknown_cursors_reset_at_once(node):
     assert first.reset and first.changes == [] and first.retry_after is None
     run_id = live.http.get("getRunId")[1]
     assert first.cursor.startswith(run_id)
-    for cursor in ("garbage", "x" * 500, f"{'A' * 32}.0", f"{run_id}.999999", f"{run_id}.-1", f"{run_id}."):
+    for cursor in ("garbage", "x" * 500, f"{'A' * 32}.0", f"{run_id}.999999", f"{run_id}.-1", f"{run_id}.",
+                   f"{run_id}.²", f"{run_id}.٣"):  # digits to isdigit(), not to int()
         answer = watch_computer(connection.connection, COMPUTER, cursor, LONG)
         assert answer.reset and answer.changes == [], cursor
     # the raw answer is the documented JSON

@@ -46,7 +46,7 @@ def slapos(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 class TLSProxy:
     def __init__(self, directory: Path, host: str = "127.0.0.1"):
-        directory.mkdir(parents=True)
+        directory.mkdir(parents=True, exist_ok=True)  # (a plain proxy's directory, turned to TLS)
         self.directory = directory
         self.port = free_port()
         self.host = host

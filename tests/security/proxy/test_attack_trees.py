@@ -1,0 +1,119 @@
+"""Attacks on the ownership of instance trees on a shared TLS proxy (docs/join.md, "Users"): the
+paths a tenant or a node reaches that the user-certificate checks (users.py) do not pass through.
+
+* `softwareInstanceRename` of a root: the tree's name is its title, and the owner records are
+  keyed by it. A partition (its tenant, with the partition's certificate, or the node hosting it)
+  renaming its root into a title another user owns would take that user's next request of the
+  title (its parameters, its secrets) into the attacker's partition; renaming into a title whose
+  tree still has members would join that tree. Refused; a rename keeps the tree's owner.
+* Supplies: a user removes only what it supplied first. Supplying again what the node or the
+  operator supplied before does not make it the first (it would then uninstall the software of
+  everyone's instances on that computer).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.security.proxy.test_join import SR
+from tests.security.proxy.test_user_certs import Pool
+
+
+def partition_of(result) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("edge-a/")[1].split()[0]
+
+
+def partition_certificate(pool: Pool, partition: str, directory: Path) -> tuple[Path, Path]:
+    """What the tenant of `partition` holds: its certificate and key (the node writes them into it)."""
+    got = pool.node.slap().registerComputerPartition("edge-a", partition).getCertificate()
+    cert, key = directory / f"{partition}.crt", directory / f"{partition}.key"
+    cert.write_text(got["certificate"])
+    key.write_text(got["key"])
+    return cert, key
+
+
+def rename(pool: Pool, partition: str, new_name: str, cert: tuple[Path, Path]) -> tuple[int, str]:
+    return pool.call("POST", "softwareInstanceRename", {"computer_id": "edge-a", "computer_partition_id": partition,
+                                                        "new_name": new_name}, cert=cert)
+
+
+@pytest.fixture
+def pool(tmp_path):
+    """test_user_certs' TLS proxy with its registered node `edge-a`."""
+    made = Pool(tmp_path)
+    try:
+        yield made
+    finally:
+        made.proxy.stop()
+
+
+@pytest.fixture
+def alice_and_bob(pool):
+    alice, bob = pool.user("alice"), pool.user("bob")
+    assert alice.run("supply", SR, "edge-a").returncode == 0
+    return alice, bob
+
+
+def test_a_partition_cannot_rename_its_root_into_a_title_another_user_owns(pool, alice_and_bob, tmp_path):
+    alice, bob = alice_and_bob
+    mine = partition_of(alice.request("tree-a"))
+    theirs = partition_of(bob.request("tree-b"))
+    # bob destroys his tree and the node frees its partition: the title stays bob's
+    assert bob.request("tree-b", "--state", "destroyed").returncode == 0
+    pool.node.slap().registerComputerPartition("edge-a", theirs).destroyed()
+    assert bob.trees() == []
+    tenant = partition_certificate(pool, mine, tmp_path)
+    before = pool.database()
+    status, body = rename(pool, mine, "tree-b", tenant)
+    assert status == 403, body
+    assert "belongs to someone else" in body
+    # the node hosting alice's partition (its computer certificate) is refused the same
+    status, body = pool.call("POST", "softwareInstanceRename", {
+        "computer_id": "edge-a", "computer_partition_id": mine, "new_name": "tree-b"},
+        cert=(Path(pool.node.config.get("slapos", "cert_file")), Path(pool.node.config.get("slapos", "key_file"))))
+    assert status == 403, body
+    assert pool.database() == before
+    # bob asks for his tree again, with a secret: it lands on a partition of its own, not in alice's
+    again = partition_of(bob.request("tree-b", "--parameters", "password=s3cret"))
+    assert again != mine
+    assert "s3cret" not in str(alice.slap().registerComputerPartition("edge-a", mine).getInstanceParameterDict())
+
+
+def test_a_renamed_root_stays_its_owners_tree(pool, alice_and_bob, tmp_path):
+    alice, bob = alice_and_bob
+    mine = partition_of(alice.request("tree-a"))
+    status, body = rename(pool, mine, "tree-a2", partition_certificate(pool, mine, tmp_path))
+    assert status == 200, body
+    assert alice.trees() == ["tree-a2"]
+    # alice still reads and changes it; bob still cannot
+    assert alice.slap().registerComputerPartition("edge-a", mine).getInstanceParameterDict()["instance_title"] == "tree-a2"
+    assert partition_of(alice.request("tree-a2", "--parameters", "colour=red")) == mine
+    refused = bob.run("request", "tree-a2", SR, "--state", "destroyed")
+    assert refused.returncode == 1 and "someone else" in refused.stderr, refused.stderr
+
+
+def test_a_root_is_not_renamed_into_a_tree_that_still_has_members(pool, alice_and_bob, tmp_path):
+    alice, bob = alice_and_bob
+    mine = partition_of(alice.request("tree-a"))
+    assert bob.run("supply", SR, "edge-a").returncode == 0
+    # bob's shared instance titled like a tree (a root of its own, on alice's partition as host)
+    shared = bob.run("request", "tree-s", SR, "--slave", "--node", "computer_guid=edge-a")
+    assert shared.returncode == 0, shared.stderr
+    tenant = partition_certificate(pool, mine, tmp_path)
+    before = pool.database()
+    status, body = rename(pool, mine, "tree-s", tenant)
+    assert status == 403, body
+    assert pool.database() == before
+
+
+
+def test_a_user_supplying_again_what_the_node_supplied_cannot_remove_it(pool):
+    alice = pool.user("alice")
+    pool.node.slap().registerSupply().supply(SR, "edge-a")  # the node's own supply (its certificate)
+    assert alice.run("supply", SR, "edge-a").returncode == 0  # harmless: it is there already
+    before = pool.database()
+    removed = alice.run("remove", SR, "edge-a")
+    assert removed.returncode == 1 and "did not supply" in removed.stderr, removed.stderr
+    assert pool.database() == before
