@@ -6,7 +6,9 @@ and the software it supplied.
   certificate (a user, or a node acting as a person) may request a new title, or change a tree
   it owns; another's tree, or one requested before owners were recorded, is refused. The
   proxy's operators (open access, the node credential) keep acting for everyone, as with the
-  reference.
+  reference. A title whose tree is gone (every partition of it destroyed and freed, no shared
+  instance of it kept) is free again: whoever requests it next, a user or an operator, owns the
+  new tree; the former owner's record goes (else it would read the newcomer's instance).
 * **Renaming a root** (`softwareInstanceRename`, by its partition or its node): the tree's name
   is its title, which the owner records are keyed by. The new title must be free of another's
   owner record and of any instance (a root, or members of a tree of that name): else the next
@@ -38,11 +40,24 @@ def _person_instance_exists(conn: sqlite3.Connection, title: str) -> bool:
         "UNION ALL SELECT 1 FROM slave WHERE requested_by = '' AND title = ? LIMIT 1", (title, title)).fetchone() is not None
 
 
+def _tree_exists(conn: sqlite3.Connection, title: str) -> bool:
+    """Whether anything of tree `title` is left: a busy partition (its root or a member), or a
+    shared instance row (kept, destroyed or not: re-requested, it would carry its old data)."""
+    return conn.execute(
+        "SELECT 1 FROM partition WHERE slap_state = 'busy' AND ((requested_by = '' AND title = ?) OR requested_by = ?) "
+        "UNION ALL SELECT 1 FROM slave WHERE (requested_by = '' AND title = ?) OR requested_by = ? LIMIT 1",
+        (title, title, title, title)).fetchone() is not None
+
+
 def claim_tree(conn: sqlite3.Connection, who: Identity, environ: dict, title: str) -> None:
     """Before a person's request of root instance `title`: refuse another's tree, record the
     owner of a new one."""
     owner = ownership.owner_of(conn, "instance", title)
     mine = who.owner_id if who.kind in CERTIFIED else None
+    if owner is not None and owner != mine and not _tree_exists(conn, title):
+        # the former owner's tree is gone: the title is free, the new tree the requester's
+        conn.execute("DELETE FROM owner WHERE kind = 'instance' AND reference = ?", (title,))
+        owner = None
     if mine is None:  # operators, loopback users: the Unix user is asked only for a new tree (~50 µs)
         if owner is None:
             ownership.record(conn, "instance", title, callers.caller(environ))

@@ -117,3 +117,37 @@ def test_a_user_supplying_again_what_the_node_supplied_cannot_remove_it(pool):
     removed = alice.run("remove", SR, "edge-a")
     assert removed.returncode == 1 and "did not supply" in removed.stderr, removed.stderr
     assert pool.database() == before
+
+
+def test_a_destroyed_trees_title_is_free_again_and_the_new_tree_is_the_new_requesters(pool, alice_and_bob):
+    """bob's tree is destroyed and its partition freed: alice may take the title; the new tree
+    is hers, and bob (the former owner) reads nothing of it nor changes it."""
+    alice, bob = alice_and_bob
+    theirs = partition_of(bob.request("tree-b"))
+    assert bob.request("tree-b", "--state", "destroyed").returncode == 0
+    pool.node.slap().registerComputerPartition("edge-a", theirs).destroyed()
+    mine = partition_of(alice.request("tree-b", "--parameters", "password=s3cret"))
+    assert alice.trees() == ["tree-b"] and bob.trees() == []
+    info = bob.run("service", "info", "tree-b")
+    assert info.returncode == 2 and "s3cret" not in info.stdout + info.stderr
+    refused = bob.run("request", "tree-b", SR, "--state", "destroyed")
+    assert refused.returncode == 1 and "someone else" in refused.stderr, refused.stderr
+    assert alice.slap().registerComputerPartition("edge-a", mine).getInstanceParameterDict()["password"] == "s3cret"
+
+
+def test_a_title_is_not_free_while_anything_of_its_tree_is_left(pool, alice_and_bob):
+    """Destroyed but not yet freed by the node, or a shared instance of that title kept: still
+    the owner's (the proxy keeps the shared instance's row and data)."""
+    alice, bob = alice_and_bob
+    theirs = partition_of(bob.request("tree-b"))
+    assert bob.request("tree-b", "--state", "destroyed").returncode == 0  # the node has not freed it yet
+    refused = alice.request("tree-b")
+    assert refused.returncode == 1 and "someone else" in refused.stderr, refused.stderr
+    pool.node.slap().registerComputerPartition("edge-a", theirs).destroyed()
+    assert bob.run("supply", SR, "edge-a").returncode == 0
+    partition_of(alice.request("host"))
+    assert bob.run("request", "shared-b", SR, "--slave", "--node", "computer_guid=edge-a").returncode == 0
+    assert bob.run("request", "shared-b", SR, "--slave", "--state", "destroyed",
+                   "--node", "computer_guid=edge-a").returncode == 0
+    refused = alice.run("request", "shared-b", SR, "--slave", "--node", "computer_guid=edge-a")
+    assert refused.returncode == 1 and "someone else" in refused.stderr, refused.stderr
