@@ -88,6 +88,7 @@ class ProxyApp:
         # read-only user API (service/computer commands), answering for the caller's own records
         with self.db.write(documents=False) as conn:
             ownership.ensure_tables(conn)
+            users.migrate_supply_owners(conn)
             ca.ensure_table(conn)
         # the proxy's certificate authority: computer certificates for tokens (docs/join.md)
         self.ca = ca.CertificateAuthority(config.ca_directory or config.database.parent / "ca").load_or_create()

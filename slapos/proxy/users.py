@@ -15,14 +15,18 @@ and the software it supplied.
   request of that title by its owner (its parameters, its secrets) would land in the renamed
   partition, or the partition would join that tree. The tree keeps its owner under the new title.
 * **Software.** A user may supply a software release to any computer; it may remove only what
-  it supplied first (kind `supply`, reference `<computer> <url>`), so that no user uninstalls
-  the software of another's instances; supplying again what is supplied already (by the node or
-  the operator, who record no owner) makes no one first.
+  it supplied first (kind `supply`, reference the JSON array `[computer, url]`), so that no user
+  uninstalls the software of another's instances; supplying again what is supplied already (by
+  the node or the operator, who record no owner) makes no one first. The first format,
+  `<computer> <url>`, was ambiguous (a computer's name may hold spaces: `a` + `b c` and `a b` +
+  `c` were one key); its records are rewritten at the proxy's start when one supply matches,
+  dropped otherwise (the operator removes those).
 
 Every refusal is a Forbidden raised inside the caller's write transaction: nothing is kept.
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 
 from . import identity as callers
@@ -93,7 +97,31 @@ def check_rename(conn: sqlite3.Connection, computer_id: str, partition_id: str, 
 
 
 def _supply_reference(computer_id: str, url: str) -> str:
-    return f"{computer_id} {url}"
+    return json.dumps([computer_id, url], ensure_ascii=False, separators=(",", ":"))
+
+
+def _is_pair(reference: str) -> bool:
+    try:
+        value = json.loads(reference)
+    except ValueError:
+        return False
+    return isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
+
+
+def migrate_supply_owners(conn: sqlite3.Connection) -> None:
+    """At the proxy's start: supply owner records of the first format (`<computer> <url>`) get
+    the JSON key of the one supply they can name; a stale or ambiguous one is dropped (no user
+    may then remove that supply: the safe side)."""
+    rows = conn.execute("SELECT reference, identity, created FROM owner WHERE kind = 'supply'").fetchall()
+    for reference, identity, created in rows:
+        if _is_pair(reference):
+            continue
+        matches = conn.execute("SELECT computer_reference, url FROM software WHERE computer_reference || ' ' || url = ?",
+                               (reference,)).fetchall()
+        conn.execute("DELETE FROM owner WHERE kind = 'supply' AND reference = ?", (reference,))
+        if len(matches) == 1:
+            conn.execute("INSERT OR IGNORE INTO owner (kind, reference, identity, created) VALUES ('supply', ?, ?, ?)",
+                         (_supply_reference(*matches[0]), identity, created))
 
 
 def check_supply(conn: sqlite3.Connection, who: Identity, url: str, computer_id: str, state: str) -> None:
