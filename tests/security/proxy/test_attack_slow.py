@@ -18,8 +18,8 @@ import pytest
 from slapos.proxy.ca import CertificateAuthority
 from slapos.proxy.tls import Deadlines, TLSServer, server_context
 
-DEADLINES = Deadlines(head=1.0, body_grace=1.0, body_min_rate=100.0)
-WAIT = 3.0  # the app's answer comes after three head deadlines (a long poll)
+DEADLINES = Deadlines(head=1.5, body_grace=2.0, body_min_rate=100.0)
+WAIT = 4.0  # the app's answer comes well after the head deadline (a long poll)
 
 
 def app(environ, start_response):
