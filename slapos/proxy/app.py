@@ -88,6 +88,7 @@ class ProxyApp:
         # read-only user API (service/computer commands), answering for the caller's own records
         with self.db.write(documents=False) as conn:
             ownership.ensure_tables(conn)
+            users.migrate_supply_owners(conn)
             ca.ensure_table(conn)
         # the proxy's certificate authority: computer certificates for tokens (docs/join.md)
         self.ca = ca.CertificateAuthority(config.ca_directory or config.database.parent / "ca").load_or_create()
@@ -126,7 +127,7 @@ class ProxyApp:
             "Person_getCertificate": (post, lambda req: join.user_certificate(self.db, self.ca, req, self.config.tls)),
             # proxy only
             "getRunId": (get, lambda req: text(self.run_id)),
-            "watchComputer": (get, lambda req: watch.handle(self.watch, req)),
+            "watchComputer": (get, lambda req: watch.handle(self.watch, req, self._require_computer)),
             "getHateoasUrl": (get, self.hateoas_url),
             "hateoas": (get, lambda req: Response(b"", "308 Permanent Redirect", headers=(("Location", "/hateoas/"),))),
             "reportNodeStatus": (post, self.node_status_report),
@@ -280,6 +281,10 @@ class ProxyApp:
             answer = computers.load_configuration(conn, computer)
             ownership.record(conn, "computer", computer["reference"], identity.caller(req.environ))
             return text(answer)
+
+    def _require_computer(self, computer_id: str) -> None:
+        with self.db.read() as conn:
+            computers.require_computer(conn, computer_id, self.config.computer_id)
 
     def supply(self, req: Request) -> Response:
         url, computer_id, state = req.reference("url"), req.reference("computer_id"), req.field("state")

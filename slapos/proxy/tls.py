@@ -12,15 +12,21 @@ a lab or an edge site; a bigger group outgrows a proxy anyway (a SlapOS Master).
 * Client certificates are asked for and verified against the CA (CERT_OPTIONAL: `slapos node
   register` has none yet when it exchanges its token). The verified certificate's serial goes
   into the WSGI environ; `access.Access` turns it into an identity, or refuses it (revoked).
+* Reading a request has a deadline, not only a per-read timeout (a client dripping a byte every
+  100 s would hold its place for ever): the handshake and the request head within `HEAD_DEADLINE`
+  of the connection's start, then the body at `BODY_MIN_RATE` bytes a second on average after
+  `BODY_GRACE` seconds. Writing the answer has none: a watch may wait 55 s before it answers.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import socket
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -36,6 +42,55 @@ MAX_CONNECTIONS = 64
 MAX_PER_ADDRESS = 16
 HANDSHAKE_TIMEOUT = 30.0
 MAX_HEADER_LINE = 65536
+HEAD_DEADLINE = 30.0  # handshake + request line + headers, from the connection's start
+BODY_GRACE = 30.0  # seconds the body may lag behind BODY_MIN_RATE (a node's first bytes, a pause)
+BODY_MIN_RATE = 1024.0  # bytes a second, on average, a body must keep up (a drip is closed)
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """How long reading a request may take (tests pass short ones)."""
+
+    head: float = HEAD_DEADLINE
+    body_grace: float = BODY_GRACE
+    body_min_rate: float = BODY_MIN_RATE
+
+
+class RequestTooSlow(ConnectionAbortedError):
+    """A request not read within its deadline; wsgiref drops such a connection without a traceback."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's raw reads, each bounded by what is left of the request's deadline."""
+
+    def __init__(self, handler: _Handler):
+        self._handler = handler
+        self._raw = handler.connection.makefile("rb", buffering=0)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int | None:
+        handler, sock = self._handler, self._handler.connection
+        left = handler.read_deadline() - time.monotonic()
+        if left <= 0:
+            raise handler.too_slow()
+        sock.settimeout(min(handler.timeout, left))
+        try:
+            received = self._raw.readinto(buffer)
+        except TimeoutError:
+            if handler.read_deadline() - time.monotonic() <= 0.05:
+                raise handler.too_slow() from None
+            raise
+        finally:
+            if not self._raw.closed:
+                sock.settimeout(handler.timeout)  # writing the answer: no deadline, the per-write timeout
+        handler.body_received += received or 0
+        return received
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def server_context(authority: CertificateAuthority, host: str, names: tuple[str, ...]) -> ssl.SSLContext:
@@ -61,8 +116,35 @@ def server_context(authority: CertificateAuthority, host: str, names: tuple[str,
 
 class _Handler(WSGIRequestHandler):
     timeout = 120  # a client silent this long is dropped (slow clients must not hold threads)
+    server: TLSServer
+
+    def __init__(self, request, client_address, server: TLSServer, started: float):
+        self.started = started
+        self.body_started: float | None = None  # None while the head is read
+        self.body_received = 0
+        self.in_body = False
+        super().__init__(request, client_address, server)
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the buffered reader of StreamRequestHandler, replaced by a bounded one
+        self.rfile = io.BufferedReader(_DeadlineReader(self), max(self.rbufsize, io.DEFAULT_BUFFER_SIZE))
+
+    def read_deadline(self) -> float:
+        limits = self.server.deadlines
+        if not self.in_body:
+            return self.started + limits.head
+        if self.body_started is None:  # the body's clock starts at the app's first read of it
+            self.body_started, self.body_received = time.monotonic(), 0
+        return self.body_started + limits.body_grace + self.body_received / limits.body_min_rate
+
+    def too_slow(self) -> RequestTooSlow:
+        what = "body" if self.in_body else "request head"
+        log.info("closing the connection of %s: its %s was not read in time", self.client_address[0], what)
+        return RequestTooSlow(f"{what} not read in time")
 
     def get_environ(self):
+        self.in_body = True  # the head is read (wsgiref asks for the environ right after it)
         environ = super().get_environ()
         environ["slapnode.tls"] = True
         environ["HTTPS"] = "on"
@@ -86,9 +168,11 @@ class TLSServer(ThreadingMixIn, WSGIServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], app, context: ssl.SSLContext):
+    def __init__(self, address: tuple[str, int], app, context: ssl.SSLContext,
+                 deadlines: Deadlines = Deadlines()):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.context = context
+        self.deadlines = deadlines
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._per_address: dict[str, int] = {}
         self._per_address_lock = threading.Lock()
@@ -142,14 +226,27 @@ class TLSServer(ThreadingMixIn, WSGIServer):
             raise
 
     def process_request_thread(self, request, client_address):
+        started = time.monotonic()
         try:
-            try:  # the handshake in the connection's thread: a slow client holds only its own
+            # the handshake in the connection's thread: a slow client holds only its own; the
+            # socket timeout bounds the whole handshake (CPython's do_handshake counts it down)
+            request.settimeout(min(HANDSHAKE_TIMEOUT, self.deadlines.head))
+            try:
                 request = self.context.wrap_socket(request, server_side=True)
             except (OSError, ssl.SSLError) as e:
                 log.info("TLS handshake with %s failed: %s", client_address[0], e)
                 self.shutdown_request(request)
                 return
-            super().process_request_thread(request, client_address)
+            try:
+                _Handler(request, client_address, self, started)
+            except RequestTooSlow:
+                pass  # logged by the handler
+            except TimeoutError:
+                log.info("closing the connection of %s: silent for %d s", client_address[0], _Handler.timeout)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
         finally:
             self._slots.release()
             self._leave(client_address[0])
@@ -162,8 +259,9 @@ class TLSServer(ThreadingMixIn, WSGIServer):
         return self.server_address[1]
 
 
-def create(app, host: str, port: int, authority: CertificateAuthority, names: tuple[str, ...]) -> TLSServer:
-    return TLSServer((host, port), app, server_context(authority, host, names))
+def create(app, host: str, port: int, authority: CertificateAuthority, names: tuple[str, ...],
+           deadlines: Deadlines = Deadlines()) -> TLSServer:
+    return TLSServer((host, port), app, server_context(authority, host, names), deadlines)
 
 
 def ca_file(directory: Path) -> Path:

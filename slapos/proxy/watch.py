@@ -27,6 +27,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from slapos.base.promtext import Family
@@ -245,13 +246,16 @@ def timeout_field(req: Request) -> float:
     return min(max(value, MIN_TIMEOUT), MAX_TIMEOUT)
 
 
-def handle(feed: ChangeFeed, req: Request) -> Response:
+def handle(feed: ChangeFeed, req: Request, require_computer: Callable[[str], None]) -> Response:
     """`GET /watchComputer?computer_id=&cursor=&timeout=`: who may read a computer's document may
-    watch it (the node, anyone on an open proxy, that computer's certificate)."""
+    watch it (the node, anyone on an open proxy, that computer's certificate). A computer the
+    proxy does not know is answered at once (`require_computer`: 404, one line): made-up ids
+    must not take the waiting places of the nodes (on an open proxy, any local process watches)."""
     computer_id = req.reference("computer_id")
     require_node(req.identity, req.endpoint, computer_id)  # as getFullComputerInformation
     if len(computer_id) > MAX_NAME:
         raise BadRequest(f"field 'computer_id' of {req.endpoint} is longer than {MAX_NAME} characters")
+    require_computer(computer_id)
     timeout = timeout_field(req)
     answer = feed.watch(computer_id, req.fields.get("cursor") or None, timeout)
     body = json.dumps(answer, separators=(",", ":")).encode("utf-8")

@@ -31,6 +31,9 @@ MAX_BODY = 1 << 20  # an answer is a few kB (at most MAX_CHANGES of them); refus
 MAX_CHANGES = 4096
 MAX_TEXT = 4096  # a cursor, a partition reference, a software release URL
 KINDS = ("partition", "software", "computer")
+# our proxy's 404 for a computer it does not know yet (the node formats it soon): not a master
+# without the route, so no fall back to polling for PUSH_RETRY; the caller retries with back-off
+UNKNOWN_COMPUTER = "unknown computer"
 
 
 class WatchUnsupported(SlapException):
@@ -100,7 +103,9 @@ def watch_computer(connection: Connection | slap, computer_id: str, cursor: str 
             raise
         raise WatchUnsupported(f"{url}: the master does not implement watchComputer (501): poll it instead",
                                url=url, status=501) from None
-    except NotFoundError:
+    except NotFoundError as e:
+        if UNKNOWN_COMPUTER in str(e):  # the route is served; the computer is not formatted yet: retry
+            raise
         raise WatchUnsupported(f"{url}: the master does not serve watchComputer (404): poll it instead",
                                url=url, status=404) from None
     except BadRequestError as e:

@@ -118,6 +118,37 @@ def test_a_second_user_sees_nothing_of_the_first(client, second_user, tmp_path):
     assert client.run("computer", "token", "COMP-NEW").returncode == 1  # reserved by them now
 
 
+def test_an_operator_reusing_a_users_destroyed_title_owns_the_new_tree(client, second_user, tmp_path):
+    """The other user's tree is destroyed and freed; root (an operator of this open proxy)
+    requests that title again, with a secret: the new tree is root's, the other user reads
+    nothing of it (it stayed recorded as theirs before)."""
+    account, home = second_user
+    computer = client.proxy.computer_id
+    ok(client.run("supply", SR, computer))
+    config = write_client_config(tmp_path / "other.cfg", client.proxy.url, computer)
+    os.chmod(config, 0o644)
+    make_traversable(config.parent)
+
+    def as_other(*args: str) -> subprocess.CompletedProcess:
+        argv = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups",
+                *slapos_argv(*args, "--cfg", str(config))]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=client_env(home), cwd=str(home))
+
+    ok(as_other("request", "reused", SR))
+    ok(as_other("request", "reused", SR, "--state", "destroyed"))
+    db = sqlite3.connect(str(client.proxy.database))
+    (partition,) = db.execute("SELECT reference FROM partition WHERE title = 'reused'").fetchone()
+    db.close()
+    connection = client.proxy.connect()
+    connection.registerComputerPartition(computer, partition).destroyed()  # the node frees it
+    connection.close()
+    ok(client.run("request", "reused", SR, "--parameters", "password=s3cret"))
+    assert json.loads(ok(client.run("service", "list", "--format", "json")).stdout) == {"reused": SR}
+    assert json.loads(ok(as_other("service", "list", "--format", "json")).stdout) == {}
+    info = as_other("service", "info", "reused")
+    assert info.returncode == 2 and "s3cret" not in info.stdout + info.stderr
+
+
 # -- another master: the reference's HATEOAS protocol -----------------------------------------------
 
 class FakeMaster(QuietHandler):

@@ -6,6 +6,7 @@ waiting watches instead of hanging on them."""
 from __future__ import annotations
 
 import http.client
+import json
 import ssl
 import threading
 import time
@@ -175,5 +176,38 @@ def test_sigterm_does_not_wait_for_waiting_watches(tmp_path):
             thread.join(LONG + 20)
             assert out and out[-1] < LONG, "a watch waited for its timeout although the proxy stopped"
         assert time.monotonic() - started < LONG
+    finally:
+        running.stop()
+
+
+def test_an_open_proxy_answers_a_watch_of_an_unknown_computer_at_once(tmp_path):
+    """On an open proxy any local process may watch: watches of made-up computer ids would take
+    every waiting place (threads // 2, two per id) and turn the nodes to polling. A computer the
+    proxy does not know is answered at once (404, one line); the proxy's own computer, known
+    before it is formatted, and a described one are watched as before; the node's client retries
+    (back-off) instead of falling back to polling."""
+    from slapos.slap.exceptions import NotFoundError
+    from slapos.slap.watch import WatchResult, WatchUnsupported
+
+    running = start_proxy(tmp_path / "proxy")
+    try:
+        port = urlsplit(running.url).port
+        status, body = call(port, "GET", "/watchComputer", {"computer_id": "local_computer"})
+        assert status == 200, body
+        cursor = json.loads(body)["cursor"]
+        for n in range(12):  # more than the waiting places: none of them waits 55 s
+            status, body = call(port, "GET", "/watchComputer",
+                                {"computer_id": f"made-up-{n}", "cursor": cursor, "timeout": "55"})
+            assert status == 404 and "unknown computer" in body and len(body.strip().splitlines()) == 1, body
+        # the node's own watch still finds a place and waits (answered here by a change)
+        connection = running.connect()
+        thread, out = watch_in_thread(connection, "local_computer", cursor)
+        connection.registerSupply().supply(SR, "local_computer")  # (a change before it waits is kept too)
+        thread.join(LONG + 10)
+        assert isinstance(out[0], WatchResult), out
+        assert [c.url for c in out[0].changes] == [SR]
+        with pytest.raises(NotFoundError) as raised:
+            watch_computer(connection, "made-up", cursor, 5)
+        assert not isinstance(raised.value, WatchUnsupported)
     finally:
         running.stop()
