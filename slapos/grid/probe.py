@@ -19,21 +19,28 @@ from .partition import Partition, PartitionError
 PROMISE_WORKERS = 16  # promise processes running at once
 
 
-def promise_runner(ctx: RunContext, partition: Partition):
-    """A PromiseRunner for this partition, its promises run as its user in its cgroup."""
+def promise_runner(ctx: RunContext, job: Job):
+    """A PromiseRunner for this partition, its promises run as its user in its cgroup, its
+    plugins given the partition's own master URL (what its [slap-connection] holds)."""
     from . import process
+    from .build import partition_master_url
     from .promise import PromiseRunner
 
+    partition = job.partition
     identity = process.identity_for(partition.path, f"the promises of partition {partition.partition_id}")
     identity = ctx.cgroups.place(identity, partition.partition_id, partition.path)
-    return PromiseRunner(ctx.settings, partition, identity=identity, clock=ctx.clock)
+    try:
+        master_url: str | None = partition_master_url(ctx.settings.master_url, job.desired.master_url)
+    except PartitionError:  # no credential of its own: plugins get the URL without any
+        master_url = None
+    return PromiseRunner(ctx.settings, partition, identity=identity, clock=ctx.clock, master_url=master_url)
 
 
 def run_promises(ctx: RunContext, job: Job, pool) -> None:
     """Every promise of a partition just processed; the first failure is `job.promise_error`."""
     from .promise import failure_message, first_failure
 
-    runner = promise_runner(ctx, job.partition)
+    runner = promise_runner(ctx, job)
     results = runner.run(mode="test", force=True, pool=pool)
     if job.starting:  # a service may still be opening its port: one more chance
         results = runner.retry_failed(results, ctx.retry_delay, pool=pool,
@@ -67,7 +74,7 @@ def prepare_checks(ctx: RunContext, jobs: list[Job]) -> list[tuple[Job, object, 
     work = []
     for job in jobs:
         try:
-            work.append((job, promise_runner(ctx, job.partition), list_promises(job.partition.path)))
+            work.append((job, promise_runner(ctx, job), list_promises(job.partition.path)))
         except SlapOSError as e:
             ctx.summary.failed[job.id] = str(e)
             log.error("%s: %s", job.id, e)

@@ -54,6 +54,8 @@ import traceback
 
 RESULT_MARKER = "SLAPOS-PROMISE-RESULT "
 DEFAULT_PERIODICITY = 2.0  # minutes
+# the partition's own master URL when it carries a credential (the node sets it: see PromiseRunner)
+PLUGIN_MASTER_URL = "SLAPNODE_PROMISE_MASTER_URL"
 TIMED_OUT = "Error: Promise timed out"  # how a timed-out promise's message starts (the node looks for it)
 
 
@@ -256,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.config:
         key, _, value = item.partition("=")
         config[key] = value
+    master_url = os.environ.pop(PLUGIN_MASTER_URL, None)  # popped: the plugin's children need it not
+    if master_url:
+        config["master-url"] = master_url
     release_first()
     out = sys.stdout
     sys.stdout = sys.stderr  # a plugin's prints must not mix with the result line

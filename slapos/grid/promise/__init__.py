@@ -38,7 +38,7 @@ from slapos.slap.connection import redact_url
 
 from .. import process
 from ..partition import Partition, open_dir, read_at, write_at
-from ..promise_plugin import DEFAULT_PERIODICITY, RESULT_MARKER, TIMED_OUT
+from ..promise_plugin import DEFAULT_PERIODICITY, PLUGIN_MASTER_URL, RESULT_MARKER, TIMED_OUT
 from ..promise_plugin import __file__ as RUNNER  # noqa: N812
 
 logger = logging.getLogger(__name__)
@@ -161,9 +161,13 @@ class PromiseRunner:
     """Runs and records the promises of one partition."""
 
     def __init__(self, settings, partition: Partition, timeout: float | None = None,
-                 identity: process.Identity | None = None, clock: Callable[[], float] = time.time):
+                 identity: process.Identity | None = None, clock: Callable[[], float] = time.time,
+                 master_url: str | None = None):
         self.settings = settings
         self.partition = partition
+        # the partition's own master URL (its [slap-connection] server-url), which may carry its
+        # credential (`access = credentials`): given to plugins in their environment, never in argv
+        self.master_url = master_url
         self.timeout = float(timeout if timeout is not None else settings.promise_timeout)
         self.identity = identity
         self.clock = clock
@@ -281,8 +285,10 @@ class PromiseRunner:
             "partition-id": p.partition_id,
             "partition-folder": str(p.path),
             "computer-id": s.computer_id,
-            # never the node credential: the plugin runs as the partition user
-            "master-url": redact_url(s.master_url),
+            # never the node credential: the plugin runs as the partition user. The partition's
+            # own URL, when it carries its credential, goes through the environment (PLUGIN_MASTER_URL):
+            # /proc/<pid>/cmdline is readable by every tenant, /proc/<pid>/environ by its owner only
+            "master-url": redact_url(self.master_url or s.master_url),
         }
         certs = p.certificate_files()  # only certificates that were written
         if certs:
@@ -306,6 +312,8 @@ class PromiseRunner:
         env = process.clean_environment(home, extra_path=getattr(self.settings, "extra_path", ()) or (),
                                         user=self.identity.name if self.identity else None,
                                         tmpdir=self.partition.path / "tmp")
+        if promise.plugin and self.master_url:
+            env[PLUGIN_MASTER_URL] = self.master_url
         try:
             outcome = process.run(self._argv(promise, mode), cwd=self.partition.path, env=env,
                                   identity=self.identity, timeout=self.timeout + (2 if promise.plugin else 0),
