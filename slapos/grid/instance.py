@@ -40,6 +40,7 @@ from slapos.base.errors import EXIT_FAILED, EXIT_OFFLINE, SlapOSError
 from . import probe, record
 from .activate import START_POLL, Activator
 from .build import PROFILE_LIMIT, PROFILE_TAIL, Builder, partition_master_url
+from .destroy import end_processes
 from .job import (
     DESTROYED,
     PROMISE_RETRY_DELAY,
@@ -177,6 +178,9 @@ class InstanceRun:
             try:  # stopped even when buildout failed (what it ran before, and what it has now)
                 known = set(job.state.programs) | {p.process_name for p in job.programs or ()}
                 self.supervisor.stop_partition(job.id, names=sorted(known) if known else None)
+                # a stopped partition runs nothing: what double-forked away from supervisord (or
+                # its buildout started) would otherwise keep running, and using the node, for ever
+                end_processes(self.cgroups, job.id, job.partition.path)
             except Exception as e:
                 fail(job, e)
         if job.error is None and d.requested_state == STARTED and not force_stop:

@@ -168,6 +168,28 @@ def test_escaped_daemons_and_the_hooks_daemon_die_before_the_partition_is_freed(
         assert not any(p.exists() for p in cg.paths)  # its cgroup went with it
 
 
+@pytest.mark.parametrize("cgroup_node", [
+    (HEAD.format(extra_parts=""), {}),
+    (HEAD.format(extra_parts=""), {"partition_cgroup": "off"}),
+], indirect=True, ids=["auto", "off"])
+def test_a_stopped_partition_keeps_no_escaped_daemon(cgroup_node):
+    node = cgroup_node
+    partition_id, evidence = deploy(node)
+    user = node.users[partition_id]
+    daemon = read_pid(evidence / "service-daemon.pid")
+    assert comm(daemon) == "kworker-svc"
+    node.request("tenant", parameters={"evidence": str(evidence)}, state="stopped")
+    stopped = node.instance()
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert comm(daemon) == "" and processes_of(user.pw_uid) == []
+    # started again: its service (and the daemon it spawns) come back
+    (evidence / "service-daemon.pid").unlink()
+    node.request("tenant", parameters={"evidence": str(evidence)}, state="started")
+    started = node.instance()
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert comm(read_pid(evidence / "service-daemon.pid")) == "kworker-svc"
+
+
 @pytest.mark.parametrize("cgroup_node", [PLAIN], indirect=True)
 def test_a_failed_wipe_is_not_reported_and_does_not_stop_the_others(cgroup_node, tmp_path):
     node = cgroup_node
