@@ -89,12 +89,9 @@ def second_user(tmp_path):
         yield account, home
 
 
-def test_a_second_user_sees_nothing_of_the_first(client, second_user, tmp_path):
-    account, home = second_user
-    computer = client.proxy.computer_id
-    ok(client.run("supply", SR, computer))
-    ok(client.run("request", "mine", SR))
-    config = write_client_config(tmp_path / "other.cfg", client.proxy.url, computer)
+def other_user_client(client, account, home, tmp_path):
+    """Runs `slapos ...` as the second user, with a client configuration of their own."""
+    config = write_client_config(tmp_path / "other.cfg", client.proxy.url, client.proxy.computer_id)
     os.chmod(config, 0o644)
     make_traversable(config.parent)
 
@@ -102,6 +99,16 @@ def test_a_second_user_sees_nothing_of_the_first(client, second_user, tmp_path):
         argv = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups",
                 *slapos_argv(*args, "--cfg", str(config))]
         return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=client_env(home), cwd=str(home))
+
+    return as_other
+
+
+def test_a_second_user_sees_nothing_of_the_first(client, second_user, tmp_path):
+    account, home = second_user
+    computer = client.proxy.computer_id
+    ok(client.run("supply", SR, computer))
+    ok(client.run("request", "mine", SR))
+    as_other = other_user_client(client, account, home, tmp_path)
 
     ok(as_other("request", "theirs", SR))
     assert json.loads(ok(as_other("service", "list", "--format", "json")).stdout) == {"theirs": SR}
@@ -125,14 +132,7 @@ def test_an_operator_reusing_a_users_destroyed_title_owns_the_new_tree(client, s
     account, home = second_user
     computer = client.proxy.computer_id
     ok(client.run("supply", SR, computer))
-    config = write_client_config(tmp_path / "other.cfg", client.proxy.url, computer)
-    os.chmod(config, 0o644)
-    make_traversable(config.parent)
-
-    def as_other(*args: str) -> subprocess.CompletedProcess:
-        argv = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups",
-                *slapos_argv(*args, "--cfg", str(config))]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=client_env(home), cwd=str(home))
+    as_other = other_user_client(client, account, home, tmp_path)
 
     ok(as_other("request", "reused", SR))
     ok(as_other("request", "reused", SR, "--state", "destroyed"))
