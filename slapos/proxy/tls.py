@@ -240,7 +240,9 @@ class TLSServer(ThreadingMixIn, WSGIServer):
             try:
                 _Handler(request, client_address, self, started)
             except RequestTooSlow:
-                pass  # logged by the handler
+                # nothing more to do than close (below): too_slow() logged it where it is raised,
+                # since wsgiref swallows it when the app is the one reading the body
+                return
             except TimeoutError:
                 log.info("closing the connection of %s: silent for %d s", client_address[0], _Handler.timeout)
             except Exception:
