@@ -248,7 +248,7 @@ COMMANDS = [
         path=("proxy", "token"),
         help="issue a one-time token a node (or, with --user, a person) exchanges for a certificate",
         description="Print a one-time, expiring token, stored hashed in the proxy database. Give it to "
-                    "`slapos node register NAME --token TOKEN --master-url-web <proxy URL>`, or with --user NAME "
+                    "`slapos node register NAME --token TOKEN --master-url <proxy URL>`, or with --user NAME "
                     "to `slapos configure client --token TOKEN --master-url <proxy URL>` (docs/join.md).",
         run=token,
         arguments=_token_arguments,
